@@ -1,0 +1,10 @@
+"""fmlp: functional MLPs in JAX, differentiated by hand-written VJPs and checked against jax.grad."""
+
+from fmlp import engine as engine
+from fmlp import gates as gates
+from fmlp.engine import NonDifferentiableError as NonDifferentiableError
+from fmlp.engine import grad as grad
+from fmlp.engine import value_and_grad as value_and_grad
+from fmlp.engine import vjp as vjp
+
+__version__ = "0.1.0"

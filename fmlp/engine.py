@@ -1,0 +1,461 @@
+"""fmlp's own reverse-mode engine: forward through gates on a tape, backward right to left.
+
+The lecture's algorithm, for any function written with gates:
+
+1. *Forward.* Every input we differentiate is wrapped in a :class:`Tracked` value. Each gate
+   called on a tracked value computes its forward and appends a record to the tape: the gate,
+   its inputs, its output and static parameters, i.e. everything its VJP needs.
+2. *Backward.* Seed the output with ``df/df = 1`` and walk the tape from the last record to
+   the first. Each record's VJP turns the cotangent of its output into cotangents of its
+   inputs; a value used several times (fan-out) receives the sum, and a cotangent of a
+   broadcast input is summed back to the input's shape in :func:`unbroadcast`.
+
+The engine knows no gate by name and never calls ``jax.grad`` or ``jax.vjp``: those are the
+oracle the tests compare it with. Everything here runs at trace time, so under ``jax.jit``
+forward and backward become a single XLA program, and ``jax.vmap``/``lax.scan`` compose with
+it as with any JAX function. An operation the engine cannot differentiate raises
+:class:`NonDifferentiableError` naming it, never a silent zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import linecache
+import re
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+PyTree = Any
+
+
+class NonDifferentiableError(TypeError):
+    """A tracked value reached an operation that is not a gate (so it has no backward rule)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    gate: Any
+    params: dict[str, Any]
+    inputs: tuple[Any, ...]
+    parents: tuple[int | None, ...]  # tape id of each tracked input, None for constants
+    out: Array
+    out_id: int
+
+
+class _Tape:
+    """The forward record of one differentiated call."""
+
+    def __init__(self) -> None:
+        self.records: list[_Record] = []
+        self.size = 0
+        self.open = True
+
+    def track(self, value: Any) -> Tracked:
+        self.size += 1
+        return Tracked(value, self, self.size - 1)
+
+    def backward(self, seeds: Sequence[tuple[int, Array]]) -> dict[int, Array]:
+        """Walk the records right to left; return the cotangent of every reached tape id."""
+        cts: dict[int, Array] = {}
+        for node, ct in seeds:
+            _accumulate(cts, node, ct)
+        for rec in reversed(self.records):
+            g = cts.pop(rec.out_id, None)
+            if g is None:  # this gate's output does not reach the differentiated output
+                continue
+            in_cts = rec.gate.vjp(g, rec.out, *rec.inputs, **rec.params)
+            if len(in_cts) != len(rec.inputs):
+                raise TypeError(
+                    f"VJP of gate {rec.gate.name!r} returned {len(in_cts)} cotangents for "
+                    f"{len(rec.inputs)} inputs; return one per input (None for no cotangent)."
+                )
+            for parent, x, ct in zip(rec.parents, rec.inputs, in_cts):
+                if parent is not None and ct is not None:
+                    _accumulate(cts, parent, _fit(ct, x, rec.gate.name))
+        return cts
+
+
+def _accumulate(cts: dict[int, Array], node: int, ct: Array) -> None:
+    cts[node] = cts[node] + ct if node in cts else ct
+
+
+def unbroadcast(ct: Array, shape: tuple[int, ...]) -> Array:
+    """Sum a cotangent of broadcast shape back to the ``shape`` of the input that was broadcast.
+
+    Args:
+      ct: cotangent of shape ``(*lead, *s)`` where ``s`` broadcasts to the output like ``shape``.
+      shape: the input's shape, e.g. ``(K,)`` or ``(1, K)`` for a bias added to ``(B, K)``.
+
+    Returns:
+      Array of ``shape``: ``ct`` summed over the leading axes and over axes where ``shape`` is 1.
+    """
+    shape = tuple(shape)
+    if ct.shape == shape:
+        return ct
+    lead = ct.ndim - len(shape)
+    tail = ct.shape[lead:]
+    if lead < 0 or any(n != 1 and n != m for n, m in zip(shape, tail)):
+        raise ValueError(f"Cannot sum a cotangent of shape {ct.shape} back to shape {shape}.")
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 != tail[i])
+    return jnp.reshape(jnp.sum(ct, axis=axes), shape)
+
+
+def _fit(ct: Array, x: Any, gate_name: str) -> Array:
+    """The cotangent of input ``x``, in ``x``'s shape and dtype."""
+    ct = jnp.asarray(ct)
+    try:
+        ct = unbroadcast(ct, jnp.shape(x))
+    except ValueError as e:
+        raise ValueError(f"VJP of gate {gate_name!r}: {e}") from None
+    return ct.astype(jnp.result_type(x))
+
+
+# ----------------------------------------------------------------------------- tracked values
+
+
+class Tracked:
+    """A value the engine differentiates: an array (or tracer) plus its place on the tape.
+
+    Gates and the Python operators ``+ - * / @`` and unary ``-`` (mapped to gates) work on it;
+    every other operation raises :class:`NonDifferentiableError` naming that operation.
+    """
+
+    __slots__ = ("_id", "_tape", "value")
+    __array_ufunc__ = None  # numpy's binary operators then defer to our reflected methods
+
+    def __init__(self, value: Array, tape: _Tape, node: int) -> None:
+        self.value = value
+        self._tape = tape
+        self._id = node
+
+    shape = property(lambda self: jnp.shape(self.value), doc="Shape of the value.")
+    dtype = property(lambda self: jnp.result_type(self.value), doc="dtype of the value.")
+    ndim = property(lambda self: len(jnp.shape(self.value)), doc="Number of axes.")
+    size = property(lambda self: int(np.prod(jnp.shape(self.value))), doc="Number of elements.")
+
+    def __repr__(self) -> str:
+        return f"Tracked(shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise non_differentiable("conversion to a numpy array")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        raise non_differentiable(f"numpy.{func.__name__}", func.__name__)
+
+    def __float__(self) -> float:
+        raise non_differentiable("float()")
+
+    def __int__(self) -> int:
+        raise non_differentiable("int()")
+
+    def __index__(self) -> int:
+        raise non_differentiable("use as an index")
+
+    def __complex__(self) -> complex:
+        raise non_differentiable("complex()")
+
+    def __bool__(self) -> bool:
+        raise non_differentiable(
+            "bool() (a Python `if`, `while`, `and`, `or` or `not` on its value)"
+        )
+
+    def __len__(self) -> int:
+        raise non_differentiable("len()")
+
+    def __iter__(self) -> Any:
+        raise non_differentiable("iteration")
+
+    def __getitem__(self, index: Any) -> Any:
+        raise non_differentiable("indexing/slicing")
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        raise non_differentiable("item assignment")
+
+    __hash__ = object.__hash__
+
+
+def _unsupported_operator(symbol: str) -> Callable[..., Any]:
+    def method(self: Tracked, *args: Any) -> Any:
+        raise non_differentiable(f"the operator {symbol}")
+
+    return method
+
+
+for _name, _symbol in {
+    "__pow__": "**", "__rpow__": "**", "__mod__": "%", "__rmod__": "%", "__floordiv__": "//",
+    "__rfloordiv__": "//", "__abs__": "abs()", "__lt__": "<", "__le__": "<=", "__gt__": ">",
+    "__ge__": ">=", "__eq__": "==", "__ne__": "!=", "__and__": "&", "__or__": "|",
+    "__xor__": "^", "__invert__": "~", "__round__": "round()",
+}.items():  # fmt: skip
+    setattr(Tracked, _name, _unsupported_operator(_symbol))
+
+
+def define_operators(table: dict[str, Callable[..., Any]]) -> None:
+    """Map Python operators on tracked values to gates, e.g. ``{"__add__": gates.add}``.
+
+    A key that is not a dunder (``"T"``) becomes a property computed by the gate.
+    """
+    for name, fn in table.items():
+        if name in ("__neg__", "__pos__"):
+            setattr(Tracked, name, lambda self, fn=fn: fn(self))
+        elif name.startswith("__"):
+            setattr(Tracked, name, lambda self, other, fn=fn: fn(self, other))
+        else:
+            setattr(Tracked, name, property(lambda self, fn=fn: fn(self)))
+
+
+# ----------------------------------------------------------------------------- gate calls
+
+
+def call_gate(gate: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """Run ``gate`` on ``args``; if any is tracked, record the call on its tape (the forward pass)."""
+    tapes = {a._tape for a in args if isinstance(a, Tracked)}
+    values = tuple(a.value if isinstance(a, Tracked) else a for a in args)
+    if not tapes:
+        return gate.forward(*values, **params)
+    if len(tapes) > 1:
+        raise NotImplementedError(
+            f"Gate {gate.name!r} received values tracked by two nested fmlp.grad/vjp calls; "
+            "higher-order derivatives are not supported by the engine (use jax.grad for those)."
+        )
+    (tape,) = tapes
+    if not tape.open:
+        raise ValueError(
+            f"Gate {gate.name!r} received a tracked value that escaped the fmlp.grad/vjp call "
+            "that created it; return values out of the differentiated function instead."
+        )
+    out = tape.track(gate.forward(*values, **params))
+    parents = tuple(a._id if isinstance(a, Tracked) else None for a in args)
+    tape.records.append(_Record(gate, params, values, parents, out.value, out._id))
+    return out
+
+
+# ----------------------------------------------------------------------------- errors
+
+_LIBRARY_PREFIXES = ("fmlp.engine", "fmlp.gates", "jax", "jaxlib", "numpy", "importlib")
+_JAX_INTERNAL_NAMES = {"custom_jvp_call", "custom_vjp_call", "pjit", "jit", "closed_call"}
+_JAX_OP_PATTERNS = [
+    re.compile(r"argument to <function (\w+) at"),
+    re.compile(r"passed to (\w+) at position"),
+    re.compile(r"^(\w+) requires ndarray or scalar arguments"),
+]
+
+
+def _user_frame(frames: Sequence[types.FrameType]) -> types.FrameType | None:
+    """The innermost frame outside the engine, the gates, JAX and numpy: the user's line."""
+    for frame in frames:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(_LIBRARY_PREFIXES):
+            return frame
+    return None
+
+
+def _suggestion(candidates: Sequence[str]) -> str:
+    from fmlp.gates import REGISTRY  # noqa: PLC0415 - gates imports this module
+
+    for name in candidates:
+        name = name.lstrip("_").removeprefix("reduce_")
+        if name in REGISTRY:
+            return f"Use the gate fmlp.gates.{name} instead."
+    return (
+        "Write it with gates (fmlp.gates.REGISTRY lists them), or register a gate with its own "
+        "VJP via fmlp.gates.register(...)."
+    )
+
+
+def non_differentiable(
+    op: str, *names: str, frame: types.FrameType | None = None
+) -> NonDifferentiableError:
+    """Build the error for ``op`` applied to a tracked value, pointing at the user's line."""
+    if frame is None:
+        stack = []
+        f = sys._getframe(1)
+        while f is not None:
+            stack.append(f)
+            f = f.f_back
+        frame = _user_frame(stack)
+    where, line = "", ""
+    if frame is not None:
+        path, lineno = frame.f_code.co_filename, frame.f_lineno
+        line = linecache.getline(path, lineno).strip()
+        where = f" at {path}:{lineno}" + (f" (`{line}`)" if line else "")
+    called = re.findall(r"(\w+)\s*\(", line)
+    return NonDifferentiableError(
+        f"fmlp cannot differentiate {op} applied to a tracked value{where}: only gates have "
+        f"backward rules, and a silent zero gradient would be wrong. "
+        f"{_suggestion([*names, *reversed(called)])}"
+    )
+
+
+def _translate(error: Exception) -> NonDifferentiableError | None:
+    """Turn JAX's 'not a valid JAX type' error about a Tracked value into a named one."""
+    message = str(error)
+    if isinstance(error, NonDifferentiableError) or "Tracked" not in message:
+        return None
+    op = next((m.group(1) for p in _JAX_OP_PATTERNS if (m := p.search(message))), None)
+    if op in _JAX_INTERNAL_NAMES:
+        op = None
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    frame = _user_frame(list(reversed(frames)))
+    return non_differentiable(
+        f"the JAX operation {op!r}" if op else "a JAX operation", *([op] if op else []), frame=frame
+    )
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _unwrap(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: x.value if isinstance(x, Tracked) else x, tree)
+
+
+def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
+    """Like :func:`jax.vjp`, computed by the engine from the gates' hand-written VJPs.
+
+    Args:
+      fun: function of ``primals`` (pytrees of float arrays/Python floats) written with gates.
+      *primals: the point at which to differentiate.
+      has_aux: ``fun`` returns ``(output, aux)``; ``aux`` is returned as is, not differentiated.
+
+    Returns:
+      ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``. ``vjp_fn(ct)`` takes a cotangent with the
+      structure and shapes of ``out`` and returns a tuple with one cotangent per primal.
+    """
+    tape = _Tape()
+    leaves, treedef = jax.tree.flatten(primals)
+    tracked = []
+    for leaf in leaves:
+        if isinstance(leaf, Tracked):
+            raise NotImplementedError(
+                "fmlp.grad/vjp was called on a value already tracked by an outer fmlp.grad/vjp; "
+                "higher-order derivatives are not supported by the engine (use jax.grad for those)."
+            )
+        x = jnp.asarray(leaf)
+        tracked.append(tape.track(x) if jnp.issubdtype(x.dtype, jnp.floating) else x)
+    try:
+        out = fun(*jax.tree.unflatten(treedef, tracked))
+    except (TypeError, ValueError) as e:
+        translated = _translate(e)
+        if translated is None:
+            raise
+        raise translated from None
+    finally:
+        tape.open = False
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                f"has_aux=True requires fun to return a pair (output, aux), got {type(out)}."
+            )
+        out, aux = out
+    out_leaves, out_tree = jax.tree.flatten(out)
+
+    def vjp_fn(ct: Any) -> tuple[Any, ...]:
+        ct_leaves, ct_tree = jax.tree.flatten(ct)
+        if ct_tree != out_tree:
+            raise ValueError(
+                f"vjp_fn expected a cotangent with the structure of the output {out_tree}, "
+                f"got {ct_tree}."
+            )
+        seeds = []
+        for o, c in zip(out_leaves, ct_leaves):
+            if jnp.shape(o) != jnp.shape(c):
+                raise ValueError(
+                    f"vjp_fn: cotangent shape {jnp.shape(c)} does not match output shape "
+                    f"{jnp.shape(o)}."
+                )
+            if isinstance(o, Tracked) and o._tape is tape:
+                seeds.append((o._id, jnp.asarray(c, dtype=o.dtype)))
+        cts = tape.backward(seeds)
+        grads = [
+            (cts[t._id] if t._id in cts else jnp.zeros_like(t.value))
+            if isinstance(t, Tracked)
+            else np.zeros(jnp.shape(t), dtype=jax.dtypes.float0)
+            for t in tracked
+        ]
+        return tuple(jax.tree.unflatten(treedef, grads))
+
+    result = (_unwrap(out), vjp_fn)
+    return (*result, _unwrap(aux)) if has_aux else result
+
+
+def value_and_grad(
+    fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Like :func:`jax.value_and_grad`: ``f(*args) -> (value, grads)`` by the engine.
+
+    Args:
+      fun: scalar-valued function written with gates (or ``(scalar, aux)`` with ``has_aux``).
+      argnums: which positional argument(s) to differentiate; an int or a sequence of ints.
+      has_aux: ``fun`` returns ``(value, aux)``; the result is then ``((value, aux), grads)``.
+
+    Returns:
+      A function returning the value and the gradient: a pytree shaped like
+      ``args[argnums]`` (or a tuple of them when ``argnums`` is a sequence).
+    """
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def value_and_grad_fun(*args: Any, **kwargs: Any) -> Any:
+        for i in nums:
+            if not -len(args) <= i < len(args):
+                raise ValueError(
+                    f"argnums={argnums} refers to argument {i}, but the function was called "
+                    f"with {len(args)} positional arguments."
+                )
+            for leaf in jax.tree.leaves(args[i]):
+                dtype = jnp.result_type(leaf)
+                if not jnp.issubdtype(dtype, jnp.floating):
+                    raise TypeError(
+                        f"fmlp.grad requires real floating-point inputs, but argument {i} has a "
+                        f"leaf of dtype {dtype}. Pass integer data such as labels as an argument "
+                        f"that argnums does not select."
+                    )
+
+        def partial_fun(*diff_args: Any) -> Any:
+            full = list(args)
+            for i, a in zip(nums, diff_args):
+                full[i] = a
+            return fun(*full, **kwargs)
+
+        out, vjp_fn, *aux = vjp(partial_fun, *(args[i] for i in nums), has_aux=has_aux)
+        if not (isinstance(out, jax.Array | np.ndarray | float) and jnp.shape(out) == ()):
+            raise TypeError(
+                "fmlp.grad needs a function with a scalar output; got "
+                f"{f'shape {jnp.shape(out)}' if hasattr(out, 'shape') else type(out)}. "
+                "Reduce it, e.g. with fmlp.gates.mean, or use fmlp.vjp."
+            )
+        grads = vjp_fn(jnp.ones_like(out))
+        grads = grads[0] if isinstance(argnums, int) else grads
+        return ((out, aux[0]), grads) if has_aux else (out, grads)
+
+    return value_and_grad_fun
+
+
+def grad(
+    fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Like :func:`jax.grad`: the gradient of a scalar function, by the engine.
+
+    Example (the lecture's circuit f = (x + y) z):
+
+    >>> import fmlp
+    >>> f = lambda x, y, z: (x + y) * z
+    >>> [float(g) for g in fmlp.grad(f, argnums=(0, 1, 2))(-2.0, 5.0, -4.0)]
+    [-4.0, -4.0, 3.0]
+    """
+    value_and_grad_fun = value_and_grad(fun, argnums, has_aux)
+
+    def grad_fun(*args: Any, **kwargs: Any) -> Any:
+        value, grads = value_and_grad_fun(*args, **kwargs)
+        return (grads, value[1]) if has_aux else grads
+
+    return grad_fun

@@ -1,0 +1,453 @@
+"""The gate registry: every differentiable operation fmlp knows, with its hand-written VJP.
+
+A gate is the lecture's PlusGate/StarGate made concrete: a pure ``forward`` in ``jax.numpy``,
+a ``vjp`` that maps the cotangent arriving from the right to one cotangent per input, and
+``samples`` that the checkers in :mod:`fmlp.testing` use to verify the VJP against
+``jax.vjp`` and finite differences. Adding a gate means adding one :func:`register` call here
+(or in user code); nothing else changes.
+
+VJP convention: ``vjp(g, out, *inputs, **params)`` receives the cotangent ``g`` (shape of
+``out``), the forward output and the forward inputs, and returns a tuple with one entry per
+input. An elementwise gate may return a cotangent in the broadcast output shape: the engine
+sums it back to the input's shape in one place (:func:`fmlp.engine.unbroadcast`). ``None``
+means "no cotangent" (integer labels, shapes).
+
+Calling a gate on plain arrays or JAX tracers only runs ``forward``, so the same model code
+is differentiable by :func:`jax.grad` (our oracle) and by :func:`fmlp.grad`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fmlp import engine
+
+Array = jax.Array
+
+
+class Sample(NamedTuple):
+    """One set of inputs for the gate checkers: positional ``args`` and static ``params``."""
+
+    args: tuple[Any, ...]
+    params: dict[str, Any] = {}
+
+
+SampleFn = Callable[[Array, Any], Sequence[Sample]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Gate:
+    """A differentiable primitive: ``name``, ``forward``, hand-written ``vjp`` and checker ``samples``.
+
+    Calling the gate computes ``forward``; if any input is a value tracked by
+    :mod:`fmlp.engine`, the call is also recorded for the backward pass.
+    """
+
+    name: str
+    forward: Callable[..., Array]
+    vjp: Callable[..., tuple[Array | None, ...]]
+    samples: SampleFn
+
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        return engine.call_gate(self, args, params)
+
+    def __repr__(self) -> str:
+        return f"Gate({self.name!r})"
+
+
+REGISTRY: dict[str, Gate] = {}
+
+
+def register(
+    name: str,
+    forward: Callable[..., Array],
+    vjp: Callable[..., tuple[Array | None, ...]],
+    samples: SampleFn,
+    *,
+    replace: bool = False,
+) -> Gate:
+    """Create a gate and add it to :data:`REGISTRY` (and to this module as ``fmlp.gates.<name>``).
+
+    Args:
+      name: a Python identifier, unique in the registry.
+      forward: ``forward(*inputs, **params) -> out``, written with ``jax.numpy``.
+      vjp: ``vjp(g, out, *inputs, **params) -> tuple`` of one cotangent (or ``None``) per input.
+      samples: ``samples(key, dtype) -> list[Sample]`` of inputs on which to check the VJP.
+      replace: allow overwriting an existing gate of the same name.
+
+    Returns:
+      The new :class:`Gate`.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"Gate name must be a Python identifier, got {name!r}.")
+    if name in REGISTRY and not replace:
+        raise ValueError(
+            f"A gate named {name!r} is already registered; pass replace=True to overwrite it."
+        )
+    gate = Gate(name, forward, vjp, samples)
+    REGISTRY[name] = gate
+    globals()[name] = gate
+    return gate
+
+
+def unregister(name: str) -> None:
+    """Remove a gate added with :func:`register` (mainly for tests of user-defined gates)."""
+    if name not in REGISTRY:
+        raise KeyError(f"No gate named {name!r}; registered gates: {sorted(REGISTRY)}.")
+    del REGISTRY[name]
+    globals().pop(name, None)
+
+
+# ----------------------------------------------------------------------------- samples
+# Shared shape sets, so every gate of a family is checked on the same cases: scalar, vector,
+# matrix, batch 1 and batch 128, and (for binary gates) both broadcasting forms of a bias add.
+
+_UNARY_SHAPES = [(), (3,), (4, 3), (1, 3), (128, 3)]
+_BINARY_SHAPES = [
+    ((), ()),
+    ((3,), (3,)),
+    ((4, 3), (4, 3)),
+    ((4, 3), (3,)),
+    ((4, 3), (1, 3)),
+    ((3,), (4, 3)),
+    ((1, 3), (1, 3)),
+    ((128, 3), (3,)),
+]
+_ROW_SHAPES = [(5,), (1, 5), (4, 5), (128, 5)]
+
+
+def _normal(key: Array, shape: tuple[int, ...], dtype: Any, low: float | None = None) -> Array:
+    x = jax.random.normal(key, shape, dtype)
+    # Keep samples away from kinks (relu at 0) and outside domains (log below 0).
+    return jnp.abs(x) + low if low is not None else jnp.where(jnp.abs(x) < 0.05, 0.5, x)
+
+
+def _unary_samples(low: float | None = None, **params: Any) -> SampleFn:
+    def samples(key: Array, dtype: Any) -> list[Sample]:
+        keys = jax.random.split(key, len(_UNARY_SHAPES))
+        return [Sample((_normal(k, s, dtype, low),), params) for k, s in zip(keys, _UNARY_SHAPES)]
+
+    return samples
+
+
+def _binary_samples(low: float | None = None) -> SampleFn:
+    def samples(key: Array, dtype: Any) -> list[Sample]:
+        out = []
+        for k, (sx, sy) in zip(jax.random.split(key, len(_BINARY_SHAPES)), _BINARY_SHAPES):
+            kx, ky = jax.random.split(k)
+            out.append(Sample((_normal(kx, sx, dtype), _normal(ky, sy, dtype, low))))
+        return out
+
+    return samples
+
+
+def _reduction_samples(key: Array, dtype: Any) -> list[Sample]:
+    cases = [((), None), ((3,), None), ((4, 3), None), ((4, 3), 0), ((4, 3), -1),
+             ((2, 4, 3), (0, 2)), ((128, 3), 0), ((1, 3), 1)]  # fmt: skip
+    keys = jax.random.split(key, len(cases))
+    return [Sample((_normal(k, s, dtype),), {"axis": a}) for k, (s, a) in zip(keys, cases)]
+
+
+def _row_samples(key: Array, dtype: Any) -> list[Sample]:
+    keys = jax.random.split(key, len(_ROW_SHAPES) + 1)
+    rows = [Sample((3.0 * _normal(k, s, dtype),)) for k, s in zip(keys, _ROW_SHAPES)]
+    extreme = jnp.array([[1e4, -1e4, 0.0, 2.0], [0.0, 0.0, 0.0, 1e4]], dtype)
+    return [*rows, Sample((extreme,)), Sample((_normal(keys[-1], (4, 5), dtype),), {"axis": 0})]
+
+
+def _matmul_samples(key: Array, dtype: Any) -> list[Sample]:
+    cases = [((4, 3), (3, 2)), ((3,), (3, 2)), ((1, 3), (3, 2)), ((128, 3), (3, 5)),
+             ((2, 4, 3), (3, 2)), ((4, 3), (3,)), ((3,), (3,))]  # fmt: skip
+    out = []
+    for k, (sx, sw) in zip(jax.random.split(key, len(cases)), cases):
+        kx, kw = jax.random.split(k)
+        out.append(Sample((_normal(kx, sx, dtype), _normal(kw, sw, dtype))))
+    return out
+
+
+def _loss_samples(key: Array, dtype: Any) -> list[Sample]:
+    """(outputs, targets) pairs: integer labels, one-hot rows and soft probability rows."""
+    out = []
+    for k, batch in zip(jax.random.split(key, 3), [(), (1,), (128,)]):
+        kz, kl, kp = jax.random.split(k, 3)
+        logits = 2.0 * jax.random.normal(kz, (*batch, 4), dtype)
+        labels = jax.random.randint(kl, batch, 0, 4)
+        probs = jax.nn.softmax(jax.random.normal(kp, (*batch, 4), dtype))
+        one_hot = jax.nn.one_hot(labels, 4, dtype=dtype)
+        out += [Sample((logits, labels)), Sample((logits, one_hot)), Sample((logits, probs))]
+    return out
+
+
+def _regression_samples(key: Array, dtype: Any) -> list[Sample]:
+    cases = [((), ()), ((3,), (3,)), ((4, 3), (4, 3)), ((1, 2), (1, 2)), ((128, 3), (128, 3)),
+             ((4, 3), (3,))]  # fmt: skip
+    out = []
+    for k, (so, st) in zip(jax.random.split(key, len(cases)), cases):
+        ko, kt = jax.random.split(k)
+        out.append(Sample((_normal(ko, so, dtype), _normal(kt, st, dtype))))
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _broadcast(*xs: Any) -> list[Array]:
+    """Explicit broadcasting, so that elementwise gates allow it under strict rank promotion."""
+    return jnp.broadcast_arrays(*xs)
+
+
+def _expand_reduced(g: Array, shape: tuple[int, ...], axis: int | Sequence[int] | None) -> Array:
+    """Broadcast the cotangent of a reduction back over the reduced axes."""
+    if axis is None:
+        return jnp.broadcast_to(g, shape)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return jnp.broadcast_to(jnp.expand_dims(g, [a % len(shape) for a in axes]), shape)
+
+
+def _reduced_count(shape: tuple[int, ...], axis: int | Sequence[int] | None) -> int:
+    if axis is None:
+        return math.prod(shape)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return math.prod(shape[a] for a in axes)
+
+
+def _targets(labels: Array, logits: Array) -> Array:
+    """Integer class ids (...,) become one-hot rows (..., K); probability rows pass through."""
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"softmax_cross_entropy: probability targets must have the logits' shape "
+            f"{logits.shape}, got {labels.shape}; pass integer class ids of shape "
+            f"{logits.shape[:-1]} or rows of shape {logits.shape}."
+        )
+    return labels
+
+
+def _check_labels(logits: Array, labels: Array) -> None:
+    if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"softmax_cross_entropy: integer labels must have shape {logits.shape[:-1]} "
+            f"(one class id per row of logits {logits.shape}), got {labels.shape}."
+        )
+
+
+def _matmul_forward(x: Array, w: Array) -> Array:
+    if x.ndim < 1 or w.ndim not in (1, 2) or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"matmul: expected x of shape (..., n) and W of shape (n, m) or (n,), "
+            f"got x {x.shape} and W {w.shape}."
+        )
+    return jnp.matmul(x, w)
+
+
+def _matmul_vjp(g: Array, out: Array, x: Array, w: Array) -> tuple[Array, Array]:
+    # out = x W:  dx = g W^T,  dW = x^T g  (leading batch dims of x folded into rows)
+    n = x.shape[-1]
+    if w.ndim == 1:
+        return jnp.multiply(*_broadcast(g[..., None], w)), jnp.reshape(x, (-1, n)).T @ jnp.reshape(
+            g, (-1,)
+        )
+    m = w.shape[1]
+    return g @ w.T, jnp.reshape(x, (-1, n)).T @ jnp.reshape(g, (-1, m))
+
+
+def _softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    _check_labels(logits, labels)
+    return -jnp.sum(_targets(labels, logits) * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def _softmax_cross_entropy_vjp(
+    g: Array, out: Array, logits: Array, labels: Array
+) -> tuple[Array, Array | None]:
+    # l = -sum_k t_k log p_k:  dl/dz = p * sum(t) - t  (= p - t for one-hot t),  dl/dt = -log p
+    t = _targets(labels, logits)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    d_logits = g[..., None] * (jnp.exp(log_p) * jnp.sum(t, axis=-1, keepdims=True) - t)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return d_logits, None
+    return d_logits, -g[..., None] * log_p
+
+
+def _squared_error(outputs: Array, targets: Array) -> Array:
+    o, t = _broadcast(outputs, targets)
+    return 0.5 * jnp.sum(jnp.square(o - t), axis=-1) if o.ndim else 0.5 * jnp.square(o - t)
+
+
+def _squared_error_vjp(g: Array, out: Array, outputs: Array, targets: Array):
+    # E = 1/2 sum_j (o_j - t_j)^2:  dE/do = o - t,  dE/dt = -(o - t)
+    o, t = _broadcast(outputs, targets)
+    d = (g[..., None] if o.ndim else g) * (o - t)
+    return d, -d
+
+
+def _mean_squared_error_vjp(g: Array, out: Array, outputs: Array, targets: Array):
+    # E = mean((o - t)^2):  dE/do = 2 (o - t) / N,  dE/dt = -dE/do
+    o, t = _broadcast(outputs, targets)
+    d = g * 2.0 * (o - t) / max(o.size, 1)
+    return d, -d
+
+
+def _relu_forward(x: Array) -> Array:
+    return jnp.maximum(x, jnp.zeros_like(x))
+
+
+def _leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> Array:
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+# ----------------------------------------------------------------------------- the gates
+# One register() call per gate: forward, VJP (with its math), sample inputs.
+
+add = register(
+    "add",
+    lambda x, y: jnp.add(*_broadcast(x, y)),
+    lambda g, out, x, y: (g, g),  # d(x + y) = (1, 1)
+    _binary_samples(),
+)
+subtract = register(
+    "subtract",
+    lambda x, y: jnp.subtract(*_broadcast(x, y)),
+    lambda g, out, x, y: (g, -g),  # d(x - y) = (1, -1)
+    _binary_samples(),
+)
+multiply = register(
+    "multiply",
+    lambda x, y: jnp.multiply(*_broadcast(x, y)),
+    lambda g, out, x, y: (g * y, g * x),  # d(x y) = (y, x): the lecture's StarGate
+    _binary_samples(),
+)
+divide = register(
+    "divide",
+    lambda x, y: jnp.divide(*_broadcast(x, y)),
+    lambda g, out, x, y: (g / y, -g * out / y),  # d(x / y) = (1 / y, -x / y^2)
+    _binary_samples(low=0.5),
+)
+negate = register(
+    "negate",
+    jnp.negative,
+    lambda g, out, x: (-g,),  # d(-x) = -1
+    _unary_samples(),
+)
+identity = register(
+    "identity",
+    lambda x: x,
+    lambda g, out, x: (g,),  # d x = 1
+    _unary_samples(),
+)
+square = register(
+    "square",
+    jnp.square,
+    lambda g, out, x: (2.0 * g * x,),  # d x^2 = 2 x
+    _unary_samples(),
+)
+exp = register(
+    "exp",
+    jnp.exp,
+    lambda g, out, x: (g * out,),  # d exp x = exp x
+    _unary_samples(),
+)
+log = register(
+    "log",
+    jnp.log,
+    lambda g, out, x: (g / x,),  # d log x = 1 / x
+    _unary_samples(low=0.1),
+)
+tanh = register(
+    "tanh",
+    jnp.tanh,
+    lambda g, out, x: (g * (1.0 - out * out),),  # d tanh = 1 - tanh^2
+    _unary_samples(),
+)
+sigmoid = register(
+    "sigmoid",
+    jax.nn.sigmoid,
+    lambda g, out, x: (g * out * (1.0 - out),),  # d sigma = sigma (1 - sigma)
+    _unary_samples(),
+)
+relu = register(
+    "relu",
+    _relu_forward,
+    lambda g, out, x: (jnp.where(x > 0, g, jnp.zeros_like(g)),),  # d relu = [x > 0]
+    _unary_samples(),
+)
+leaky_relu = register(
+    "leaky_relu",
+    _leaky_relu_forward,
+    # d leaky_relu = 1 if x > 0 else slope
+    lambda g, out, x, negative_slope=0.01: (jnp.where(x > 0, g, negative_slope * g),),
+    _unary_samples(negative_slope=0.1),
+)
+matmul = register("matmul", _matmul_forward, _matmul_vjp, _matmul_samples)
+transpose = register(
+    "transpose",
+    lambda x: jnp.swapaxes(x, -1, -2),
+    lambda g, out, x: (jnp.swapaxes(g, -1, -2),),  # d x^T = (.)^T
+    lambda key, dtype: [Sample((_normal(key, s, dtype),)) for s in [(4, 3), (1, 3), (2, 4, 3)]],
+)
+sum = register(  # shadows the builtin on purpose: fmlp.gates.sum, like jnp.sum
+    "sum",
+    lambda x, axis=None: jnp.sum(x, axis=axis),
+    lambda g, out, x, axis=None: (_expand_reduced(g, x.shape, axis),),  # d sum = 1 per element
+    _reduction_samples,
+)
+mean = register(
+    "mean",
+    lambda x, axis=None: jnp.mean(x, axis=axis),
+    # d mean = 1 / N per element
+    lambda g, out, x, axis=None: (
+        _expand_reduced(g, x.shape, axis) / _reduced_count(x.shape, axis),
+    ),
+    _reduction_samples,
+)
+softmax = register(
+    "softmax",
+    lambda z, axis=-1: jax.nn.softmax(z, axis=axis),
+    # d softmax: p * (g - <g, p>)
+    lambda g, p, z, axis=-1: (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),),
+    _row_samples,
+)
+log_softmax = register(
+    "log_softmax",
+    lambda z, axis=-1: jax.nn.log_softmax(z, axis=axis),
+    # d log_softmax: g - softmax * sum(g)
+    lambda g, out, z, axis=-1: (g - jnp.exp(out) * jnp.sum(g, axis=axis, keepdims=True),),
+    _row_samples,
+)
+softmax_cross_entropy = register(
+    "softmax_cross_entropy",
+    _softmax_cross_entropy,
+    _softmax_cross_entropy_vjp,
+    _loss_samples,
+)
+squared_error = register("squared_error", _squared_error, _squared_error_vjp, _regression_samples)
+mean_squared_error = register(
+    "mean_squared_error",
+    lambda outputs, targets: jnp.mean(jnp.square(jnp.subtract(*_broadcast(outputs, targets)))),
+    _mean_squared_error_vjp,
+    _regression_samples,
+)
+
+engine.define_operators(
+    {
+        "__add__": add,
+        "__radd__": lambda a, b: add(b, a),
+        "__sub__": subtract,
+        "__rsub__": lambda a, b: subtract(b, a),
+        "__mul__": multiply,
+        "__rmul__": lambda a, b: multiply(b, a),
+        "__truediv__": divide,
+        "__rtruediv__": lambda a, b: divide(b, a),
+        "__matmul__": matmul,
+        "__rmatmul__": lambda a, b: matmul(b, a),
+        "__neg__": negate,
+        "__pos__": identity,
+        "T": transpose,
+    }
+)
