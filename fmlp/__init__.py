@@ -1,4 +1,4 @@
-"""fmlp: functional MLPs in JAX, differentiated by hand-written VJPs and checked against jax.grad."""
+"""fmlp: functional MLPs in JAX, differentiated by hand-written VJPs, checked against jax.grad."""
 
 from fmlp import engine as engine
 from fmlp import gates as gates

@@ -215,7 +215,7 @@ def define_operators(table: dict[str, Callable[..., Any]]) -> None:
 
 
 def call_gate(gate: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-    """Run ``gate`` on ``args``; if any is tracked, record the call on its tape (the forward pass)."""
+    """Run ``gate`` on ``args``; if any is tracked, record the call on its tape (forward pass)."""
     tapes = {a._tape for a in args if isinstance(a, Tracked)}
     values = tuple(a.value if isinstance(a, Tracked) else a for a in args)
     if not tapes:
@@ -258,7 +258,7 @@ def _user_frame(frames: Sequence[types.FrameType]) -> types.FrameType | None:
 
 
 def _suggestion(candidates: Sequence[str]) -> str:
-    from fmlp.gates import REGISTRY  # noqa: PLC0415 - gates imports this module
+    from fmlp.gates import REGISTRY  # here, not at the top: gates imports this module
 
     for name in candidates:
         name = name.lstrip("_").removeprefix("reduce_")

@@ -43,7 +43,7 @@ SampleFn = Callable[[Array, Any], Sequence[Sample]]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Gate:
-    """A differentiable primitive: ``name``, ``forward``, hand-written ``vjp`` and checker ``samples``.
+    """A differentiable primitive: ``name``, ``forward``, hand-written ``vjp``, checker ``samples``.
 
     Calling the gate computes ``forward``; if any input is a value tracked by
     :mod:`fmlp.engine`, the call is also recorded for the backward pass.

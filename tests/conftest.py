@@ -1,6 +1,7 @@
-"""Strict numerics for every test: no silent rank promotion or dtype widening, warnings are errors (see pyproject.toml).
+"""Strict numerics for every test: no silent rank promotion or dtype widening.
 
-float64 is enabled so gradient checks can run in double precision; tests that want float32 ask for it.
+Warnings are errors (pyproject.toml). float64 is enabled so gradient checks can run in double
+precision; tests that want float32 ask for it.
 """
 
 import jax
