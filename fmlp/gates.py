@@ -251,9 +251,8 @@ def _matmul_vjp(g: Array, out: Array, x: Array, w: Array) -> tuple[Array, Array]
     # out = x W:  dx = g W^T,  dW = x^T g  (leading batch dims of x folded into rows)
     n = x.shape[-1]
     if w.ndim == 1:
-        return jnp.multiply(*_broadcast(g[..., None], w)), jnp.reshape(x, (-1, n)).T @ jnp.reshape(
-            g, (-1,)
-        )
+        dx = jnp.multiply(*_broadcast(g[..., None], w))
+        return dx, jnp.reshape(x, (-1, n)).T @ jnp.reshape(g, (-1,))
     m = w.shape[1]
     return g @ w.T, jnp.reshape(x, (-1, n)).T @ jnp.reshape(g, (-1, m))
 
