@@ -2,6 +2,9 @@
 
 from fmlp import engine as engine
 from fmlp import gates as gates
+from fmlp import info as info
+from fmlp import nn as nn
+from fmlp import testing as testing
 from fmlp.engine import NonDifferentiableError as NonDifferentiableError
 from fmlp.engine import grad as grad
 from fmlp.engine import value_and_grad as value_and_grad

@@ -293,6 +293,18 @@ def _mean_squared_error_vjp(g: Array, out: Array, outputs: Array, targets: Array
     return d, -d
 
 
+def _multiply_vjp(g: Array, out: Array, x: Array, y: Array) -> tuple[Array, Array]:
+    # d(x y) = (y, x): the lecture's StarGate
+    x, y = _broadcast(x, y)
+    return g * y, g * x
+
+
+def _divide_vjp(g: Array, out: Array, x: Array, y: Array) -> tuple[Array, Array]:
+    # d(x / y) = (1 / y, -x / y^2)
+    _, y = _broadcast(x, y)
+    return g / y, -g * out / y
+
+
 def _relu_forward(x: Array) -> Array:
     return jnp.maximum(x, jnp.zeros_like(x))
 
@@ -319,13 +331,13 @@ subtract = register(
 multiply = register(
     "multiply",
     lambda x, y: jnp.multiply(*_broadcast(x, y)),
-    lambda g, out, x, y: (g * y, g * x),  # d(x y) = (y, x): the lecture's StarGate
+    _multiply_vjp,
     _binary_samples(),
 )
 divide = register(
     "divide",
     lambda x, y: jnp.divide(*_broadcast(x, y)),
-    lambda g, out, x, y: (g / y, -g * out / y),  # d(x / y) = (1 / y, -x / y^2)
+    _divide_vjp,
     _binary_samples(low=0.5),
 )
 negate = register(

@@ -1,0 +1,200 @@
+"""Public gradient checkers: verify a gate's VJP, or the engine on a whole function, against JAX.
+
+``jax.vjp``/``jax.grad`` are the oracle here, never a fallback inside the engine. Use these
+checkers on your own gates the way the test suite uses them on fmlp's:
+
+>>> import fmlp
+>>> fmlp.testing.check_gate("tanh") < 1e-6
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmlp import engine
+from fmlp.gates import REGISTRY, Gate
+
+PyTree = Any
+
+#: Default relative-error tolerances per dtype for the VJP vs ``jax.vjp`` comparison.
+TOLERANCE = {jnp.dtype("float32"): 2e-4, jnp.dtype("float64"): 1e-9}
+#: Tolerance for the finite-difference inner-product test (always run in float64).
+FD_TOLERANCE = 1e-5
+
+
+class GradientCheckError(AssertionError):
+    """A VJP or gradient disagrees with the oracle by more than the tolerance."""
+
+
+def _rel_error(ours: Any, ref: Any) -> float:
+    """max |ours - ref| / max(|ref|, |ours|), floored so exact zeros compare absolutely."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        return float("inf")
+    if ours.size == 0:
+        return 0.0
+    scale = max(np.max(np.abs(ref)), np.max(np.abs(ours)), 1e-6)
+    return float(np.max(np.abs(ours - ref)) / scale)
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _gate_cotangents(gate: Gate, ct: Any, out: Any, args: tuple, params: dict) -> list:
+    """The gate's hand-written VJP, with each cotangent summed back to its input's shape."""
+    cts = gate.vjp(ct, out, *args, **params)
+    if len(cts) != len(args):
+        raise GradientCheckError(
+            f"VJP of gate {gate.name!r} returned {len(cts)} cotangents for {len(args)} inputs."
+        )
+    return [
+        engine.unbroadcast(jnp.asarray(c), jnp.shape(a)) if c is not None else jnp.zeros_like(a)
+        for a, c in zip(args, cts)
+    ]
+
+
+def _describe(args: tuple, params: dict) -> str:
+    shapes = ", ".join(f"{jnp.shape(a)} {jnp.result_type(a)}" for a in args)
+    return f"inputs ({shapes})" + (f" params {params}" if params else "")
+
+
+def check_gate(
+    gate: Gate | str,
+    *,
+    key: jax.Array | None = None,
+    dtype: Any = jnp.float64,
+    tolerance: float | None = None,
+    fd_tolerance: float = FD_TOLERANCE,
+) -> float:
+    """Check a gate's hand-written VJP on all of its sample inputs.
+
+    Two comparisons per sample: the VJP against ``jax.vjp`` of the same forward, on a random
+    cotangent, in ``dtype``; and the inner-product identity
+    ``<ct, (f(x + h v) - f(x - h v)) / 2h> == sum_i <vjp_i(ct), v_i>`` by central finite
+    differences in float64.
+
+    Args:
+      gate: a :class:`~fmlp.gates.Gate` or the name of a registered one.
+      key: PRNG key for samples, cotangents and directions (default ``jax.random.key(0)``).
+      dtype: float dtype of the samples for the ``jax.vjp`` comparison.
+      tolerance: max relative error allowed vs ``jax.vjp`` (default :data:`TOLERANCE`).
+      fd_tolerance: max relative error allowed vs finite differences.
+
+    Returns:
+      The largest relative error seen over all samples and both comparisons.
+
+    Raises:
+      GradientCheckError: with a report of every failing sample.
+    """
+    gate = REGISTRY[gate] if isinstance(gate, str) else gate
+    key = jax.random.key(0) if key is None else key
+    tolerance = TOLERANCE[jnp.dtype(dtype)] if tolerance is None else tolerance
+    worst, failures = 0.0, []
+    with jax.enable_x64(True):
+        k_samples, key = jax.random.split(key)
+        for i, (args, params) in enumerate(gate.samples(k_samples, dtype)):
+            k_ct, k_dir, key = jax.random.split(key, 3)
+            for label, err, tol in [
+                ("jax.vjp", _vs_jax(gate, args, params, k_ct), tolerance),
+                ("finite differences", _vs_fd(gate, args, params, k_dir), fd_tolerance),
+            ]:
+                worst = max(worst, err)
+                if not err <= tol:
+                    failures.append(
+                        f"  sample {i} {_describe(args, params)}: relative error {err:.3g} vs "
+                        f"{label} (tolerance {tol:g})"
+                    )
+    if failures:
+        raise GradientCheckError(
+            f"VJP of gate {gate.name!r} disagrees with the oracle:\n" + "\n".join(failures)
+        )
+    return worst
+
+
+def _vs_jax(gate: Gate, args: tuple, params: dict, key: jax.Array) -> float:
+    diff = [i for i, a in enumerate(args) if _is_float(a)]
+
+    def f(*diff_args: Any) -> Any:
+        full = list(args)
+        for i, a in zip(diff, diff_args):
+            full[i] = a
+        return gate.forward(*full, **params)
+
+    out, oracle_vjp = jax.vjp(f, *(args[i] for i in diff))
+    ct = jax.random.normal(key, jnp.shape(out), jnp.result_type(out))
+    ref = oracle_vjp(ct)
+    ours = _gate_cotangents(gate, ct, out, args, params)
+    return max([_rel_error(ours[i], r) for i, r in zip(diff, ref)], default=0.0)
+
+
+def _vs_fd(gate: Gate, args: tuple, params: dict, key: jax.Array) -> float:
+    args = tuple(jnp.asarray(a, jnp.float64) if _is_float(a) else a for a in args)
+    diff = [i for i, a in enumerate(args) if _is_float(a)]
+    keys = jax.random.split(key, len(diff) + 1)
+    dirs = {i: jax.random.normal(k, jnp.shape(args[i]), jnp.float64) for i, k in zip(diff, keys)}
+
+    def shifted(h: float) -> Any:
+        return gate.forward(
+            *(a + h * dirs[i] if i in dirs else a for i, a in enumerate(args)), **params
+        )
+
+    out = gate.forward(*args, **params)
+    ct = jax.random.normal(keys[-1], jnp.shape(out), jnp.float64)
+    h = 1e-6
+    lhs = float(jnp.sum(ct * (shifted(h) - shifted(-h)) / (2 * h)))
+    ours = _gate_cotangents(gate, ct, out, args, params)
+    rhs = float(sum(jnp.sum(ours[i] * dirs[i]) for i in diff))
+    return abs(lhs - rhs) / max(abs(lhs), abs(rhs), 1e-3)
+
+
+def check_grad(
+    fun: Callable[..., Any],
+    *args: Any,
+    argnums: int | Sequence[int] = 0,
+    tolerance: float | None = None,
+) -> float:
+    """Check :func:`fmlp.grad` of ``fun`` against :func:`jax.grad` of the very same function.
+
+    Args:
+      fun: scalar-valued function written with gates.
+      *args: where to differentiate; pytrees of arrays.
+      argnums: which arguments to differentiate, as in :func:`jax.grad`.
+      tolerance: max relative error per gradient leaf (default from the leaves' dtype).
+
+    Returns:
+      The largest relative error over all gradient leaves (and the value).
+
+    Raises:
+      GradientCheckError: naming each leaf whose gradient differs, with both values' norms.
+    """
+    value, grads = engine.value_and_grad(fun, argnums)(*args)
+    ref_value, ref_grads = jax.value_and_grad(fun, argnums)(*args)
+    leaves = jax.tree_util.tree_leaves_with_path(ref_grads)
+    ours = jax.tree.leaves(grads)
+    if len(ours) != len(leaves):
+        raise GradientCheckError(
+            f"engine returned {len(ours)} gradient leaves, jax.grad returned {len(leaves)}."
+        )
+    worst, failures = _rel_error(value, ref_value), []
+    if worst > TOLERANCE[jnp.dtype(jnp.result_type(ref_value))]:
+        failures.append(f"  value: {float(value)!r} vs jax {float(ref_value)!r}")
+    for (path, ref), g in zip(leaves, ours):
+        err = _rel_error(g, ref)
+        worst = max(worst, err)
+        tol = TOLERANCE[jnp.dtype(jnp.result_type(ref))] if tolerance is None else tolerance
+        if not err <= tol:
+            failures.append(
+                f"  grad{jax.tree_util.keystr(path)}: relative error {err:.3g} (tolerance "
+                f"{tol:g}); |engine| = {float(jnp.linalg.norm(g)):.6g}, "
+                f"|jax| = {float(jnp.linalg.norm(ref)):.6g}"
+            )
+    if failures:
+        raise GradientCheckError("fmlp.grad disagrees with jax.grad:\n" + "\n".join(failures))
+    return worst
