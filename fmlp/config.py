@@ -1,0 +1,495 @@
+"""Run configuration: a typed schema, YAML loading, dotted ``key=value`` overrides, validation.
+
+A config has five sections (``model``, ``data``, ``optimizer``, ``train``, ``run``), each a frozen
+dataclass whose fields carry their constraints as metadata (``choices``, ``min``, ``max``). One
+generic validator walks those fields whenever a section is built, so every :class:`Config` that
+exists is valid; an invalid one raises :class:`ConfigError` naming the dotted key, what was
+expected, what was received and, for a misspelt key or choice, the close match.
+
+Example:
+    >>> raw = apply_overrides({"train": {"epochs": 5}}, ["model.hidden=[64, 64]"])
+    >>> cfg = from_dict(raw)
+    >>> cfg.model.hidden, cfg.train.epochs, cfg.optimizer.learning_rate
+    ([64, 64], 5, 0.05)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid config: the message names the dotted key, the expectation and the value."""
+
+
+# Which task each data set poses and each output head solves; the cross-field check pairs them.
+_DATA_TASKS = {
+    "fashion_mnist": "classification",
+    "digits": "classification",
+    "lecture_regression": "regression",
+    "lecture_classification": "classification",
+}
+_OUTPUT_TASKS = {"softmax": "classification", "identity": "regression"}
+
+
+def _field(
+    default: Any,
+    *,
+    choices: Sequence[str] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    max_exclusive: bool = False,
+) -> Any:
+    """A dataclass field whose constraints live in its metadata, read by :func:`_check`."""
+    metadata = {
+        "choices": tuple(choices) if choices is not None else None,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "max_exclusive": max_exclusive,
+    }
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class _Section:
+    """Mixin: after construction, check and normalise every field from its type and metadata."""
+
+    _prefix: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _check(self._prefix + f.name, getattr(self, f.name), hints[f.name], f.metadata)
+            object.__setattr__(self, f.name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The MLP: hidden widths (empty = no hidden layer), activation, output head, initializer."""
+
+    _prefix: ClassVar[str] = "model."
+
+    hidden: list[int] = _field([100], min=1)  # noqa: RUF009 (_field copies list defaults)
+    activation: str = _field("tanh", choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"))
+    # softmax: classification net, cross-entropy loss; identity: regression net, squared error.
+    output: str = _field("softmax", choices=tuple(_OUTPUT_TASKS))
+    init: str = _field(
+        "glorot_uniform",
+        choices=(
+            "glorot_normal",
+            "glorot_uniform",
+            "he_normal",
+            "he_uniform",
+            "lecun_normal",
+            "lecun_uniform",
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """The data set, where to find it, the validation split and preprocessing."""
+
+    _prefix: ClassVar[str] = "data."
+
+    name: str = _field("fashion_mnist", choices=tuple(_DATA_TASKS))
+    path: str | None = _field(None)
+    validation_fraction: float = _field(0.1, min=0.0, max=1.0, max_exclusive=True)
+    normalize: str = _field("standardize", choices=("standardize", "none"))
+    subset: int | None = _field(None, min=1)
+    synthetic_examples: int = _field(2000, min=10)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Section):
+    """The optax optimizer, its learning-rate schedule (per epoch) and gradient clipping."""
+
+    _prefix: ClassVar[str] = "optimizer."
+
+    name: str = _field("sgd", choices=("sgd", "adam", "adamw"))
+    learning_rate: float = _field(0.05, min=0.0, min_exclusive=True)
+    momentum: float = _field(0.9, min=0.0, max=1.0, max_exclusive=True)
+    nesterov: bool = _field(False)
+    weight_decay: float = _field(0.0, min=0.0)
+    schedule: str = _field(
+        "constant", choices=("constant", "cosine", "warmup_cosine", "exponential")
+    )
+    warmup_epochs: int = _field(0, min=0)
+    decay_rate: float = _field(0.9, min=0.0, max=1.0, min_exclusive=True)
+    clip_norm: float | None = _field(None, min=0.0, min_exclusive=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Section):
+    """The training loop: epochs, mini-batch size, seed, gradient backend, checkpoints."""
+
+    _prefix: ClassVar[str] = "train."
+
+    epochs: int = _field(20, min=1)
+    batch_size: int = _field(128, min=1)  # the lecture's mini-batch of 128
+    seed: int = _field(0)
+    gradients: str = _field("engine", choices=("engine", "jax"))
+    checkpoint_every: int = _field(1, min=1)
+    keep_checkpoints: int = _field(2, min=1)
+    eval_batch_size: int = _field(1024, min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Section):
+    """Where and how a run reports: its name, output directory and progress display."""
+
+    _prefix: ClassVar[str] = "run."
+
+    name: str | None = _field(None)
+    out_dir: str = _field("runs")
+    progress: str = _field("auto", choices=("auto", "always", "never"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_Section):
+    """A whole run. ``Config()`` is valid; every instance passed field and cross-field checks."""
+
+    _prefix: ClassVar[str] = ""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        head, data = self.model.output, self.data.name
+        if _OUTPUT_TASKS[head] != _DATA_TASKS[data]:
+            fitting = [o for o, task in _OUTPUT_TASKS.items() if task == _DATA_TASKS[data]]
+            raise ConfigError(
+                f"model.output={head!r} is a {_OUTPUT_TASKS[head]} head but "
+                f"data.name={data!r} is a {_DATA_TASKS[data]} set; "
+                f"expected model.output={fitting[0]} for this data"
+            )
+        opt = self.optimizer
+        if opt.schedule == "warmup_cosine" and opt.warmup_epochs >= self.train.epochs:
+            raise ConfigError(
+                f"optimizer.warmup_epochs must be < train.epochs when "
+                f"optimizer.schedule='warmup_cosine', got optimizer.warmup_epochs="
+                f"{opt.warmup_epochs} and train.epochs={self.train.epochs}"
+            )
+
+
+# --- the generic validator ------------------------------------------------------------------
+
+_hints = functools.cache(typing.get_type_hints)
+_TYPE_NAMES = {bool: "boolean (true/false)", int: "integer", float: "number", str: "string"}
+
+
+def _show(value: Any) -> str:
+    """A received value as the error message shows it: ``null`` or its repr and type."""
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def _optional_inner(tp: Any) -> Any | None:
+    """The ``X`` of ``X | None``, or ``None`` if ``tp`` is not optional."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is types.UnionType and type(None) in args:
+        (inner,) = (a for a in args if a is not type(None))
+        return inner
+    return None
+
+
+def _describe(tp: Any) -> str:
+    """A type in words: ``an integer``, ``a list of integers``, ``a string or null``."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return f"{_describe(inner)} or null"
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return f"a list of {_TYPE_NAMES[item].split(' ')[0]}s"
+    if dataclasses.is_dataclass(tp):
+        return f"a {tp.__name__} or a mapping"
+    name = _TYPE_NAMES[tp]
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _bounds(meta: Mapping[str, Any]) -> str:
+    """The range in ``meta`` in words: ``> 0``, ``>= 1``, ``in [0, 1)``."""
+    lo, hi = meta.get("min"), meta.get("max")
+    fmt = lambda x: f"{x:g}"
+    if lo is not None and hi is not None:
+        left = "(" if meta.get("min_exclusive") else "["
+        right = ")" if meta.get("max_exclusive") else "]"
+        return f"in {left}{fmt(lo)}, {fmt(hi)}{right}"
+    if lo is not None:
+        return f"{'>' if meta.get('min_exclusive') else '>='} {fmt(lo)}"
+    return f"{'<' if meta.get('max_exclusive') else '<='} {fmt(hi)}"
+
+
+def _in_bounds(value: float, meta: Mapping[str, Any]) -> bool:
+    lo, hi = meta.get("min"), meta.get("max")
+    above = lo is None or (value > lo if meta.get("min_exclusive") else value >= lo)
+    below = hi is None or (value < hi if meta.get("max_exclusive") else value <= hi)
+    return above and below
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is a ``tp``; bool counts as no number, an int counts as a float."""
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    """Check ``value`` at dotted ``path`` against type ``tp`` and constraints ``meta``.
+
+    Returns the normalised value (floats for float fields, lists for list fields, built
+    sections for mappings); raises :class:`ConfigError` naming ``path`` otherwise.
+    """
+    declared = tp
+    inner = _optional_inner(tp)
+    if inner is not None:
+        if value is None:
+            return None
+        tp = inner
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected {_describe(declared)}, got {_show(value)}")
+        (item,) = typing.get_args(tp)
+        return [_check(f"{path}[{i}]", v, item, meta) for i, v in enumerate(value)]
+    if not _has_type(value, tp):
+        raise ConfigError(f"{path}: expected {_describe(declared)}, got {_show(value)}")
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {_show(value)}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{path}: expected one of {', '.join(choices)}; got {value!r}{hint}")
+    if not _in_bounds(value, meta):
+        raise ConfigError(f"{path}: expected {_describe(tp)} {_bounds(meta)}, got {value!r}")
+    return value
+
+
+def _unknown(cls: type[_Section], key: Any) -> ConfigError:
+    """The error for ``key`` not being a field of ``cls``, with the closest field name."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    what = "key" if cls._prefix else "section"
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f" (did you mean {cls._prefix}{close[0]}?)" if close else ""
+    where = f" in {cls._prefix[:-1]}" if cls._prefix else ""
+    return ConfigError(
+        f"unknown {what} {cls._prefix + str(key)!r}{hint}; known {what}s{where}: {', '.join(names)}"
+    )
+
+
+def _build(cls: type[_Section], raw: Any, path: str) -> Any:
+    """Section ``cls`` from ``raw``: an instance as is, or built from a mapping of known keys."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected {_describe(cls)}, got {_show(raw)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown(cls, key)
+    return cls(**raw)
+
+
+# --- YAML -----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-3`` as a float and rejects duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_scalar(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 and 1.0e3 as strings; learning rates are written that way.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as ``line L, column C: problem``."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def from_dict(d: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a nested mapping; missing keys take defaults.
+
+    Args:
+        d: ``{section: {key: value}}``, e.g. parsed YAML.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: an unknown key or section, a wrong type, a value out of range or not among
+            the choices, or an inconsistent combination (e.g. a regression head on a
+            classification set).
+    """
+    return _build(Config, d, "")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as nested plain Python types (dicts, lists, str, int, float, bool, None)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of the raw config ``d`` with ``section.key=value`` overrides applied.
+
+    Each value is parsed as YAML: ``train.epochs=3``, ``model.hidden=[256,256]``,
+    ``data.path=null``, ``optimizer.nesterov=true``, ``optimizer.learning_rate=1e-3``. The
+    input is not modified. The keys are checked against the schema here; the values are
+    checked when the result is passed to :func:`from_dict`.
+
+    Raises:
+        ConfigError: a malformed override, an unknown key (with the close match), or a value
+            that is not valid YAML.
+    """
+    if isinstance(overrides, str):
+        raise ConfigError(
+            f"overrides: expected a sequence of 'section.key=value' strings, got {_show(overrides)}"
+        )
+    result = dict(d)
+    for item in overrides:
+        key, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(
+                f"malformed override {item!r}: expected the form section.key=value, "
+                f"e.g. train.epochs=3"
+            )
+        try:
+            value = _parse_yaml(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})"
+            ) from None
+        node, cls = result, Config
+        for part in parts[:-1]:
+            if part not in {f.name for f in dataclasses.fields(cls)}:
+                raise _unknown(cls, part)
+            sub = _hints(cls)[part]
+            if not dataclasses.is_dataclass(sub):
+                raise ConfigError(
+                    f"malformed override {item!r}: {cls._prefix}{part} is a value, not a "
+                    f"section; expected the form section.key=value"
+                )
+            child = node.get(part, {})
+            if not isinstance(child, Mapping):
+                raise ConfigError(
+                    f"{cls._prefix}{part}: expected a mapping to apply override {item!r}, "
+                    f"got {_show(child)}"
+                )
+            node[part] = child = dict(child)
+            node, cls = child, sub
+        if parts[-1] not in {f.name for f in dataclasses.fields(cls)}:
+            raise _unknown(cls, parts[-1])
+        node[parts[-1]] = value
+    return result
+
+
+def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config file, apply ``section.key=value`` overrides and validate.
+
+    Args:
+        path: a YAML file whose top level maps section names to mappings of keys.
+        overrides: e.g. ``["train.epochs=3", "model.hidden=[256,256]"]``.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid YAML (the message gives
+            the line), its top level is not a mapping, or the config is invalid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from None
+    try:
+        raw = _parse_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(err)}") from None
+    if not isinstance(raw, Mapping):
+        sections = ", ".join(f.name for f in dataclasses.fields(Config))
+        raise ConfigError(
+            f"{path}: expected a mapping of sections ({sections}) at the top level, "
+            f"got {_show(raw)}"
+        )
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def save(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write ``cfg`` as YAML to ``path``; :func:`load` reads it back to an equal config."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def resolve(
+    source: Config | Mapping[str, Any] | str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> Config:
+    """A validated :class:`Config` from a config, a raw mapping or a YAML path, plus overrides.
+
+    Raises:
+        ConfigError: ``source`` is none of those, or the result is invalid.
+    """
+    if isinstance(source, Config):
+        return from_dict(apply_overrides(to_dict(source), overrides)) if overrides else source
+    if isinstance(source, Mapping):
+        return from_dict(apply_overrides(source, overrides))
+    if isinstance(source, str | os.PathLike):
+        return load(source, overrides)
+    raise ConfigError(
+        f"config: expected a Config, a mapping or a path to a YAML file, got {_show(source)}"
+    )
