@@ -1,0 +1,605 @@
+"""Datasets as arrays: IDX files, Fashion-MNIST, digits, the lecture's synthetic sets, batching.
+
+Everything here returns NumPy arrays on the host, except :func:`batch_indices`, which runs
+under ``jax.jit`` so that one epoch's mini-batch order is computed on the device. Features
+are 2-D ``(examples, features)`` float32; classification labels are ``(examples,)`` int32 and
+regression targets are ``(examples, outputs)`` float32.
+
+:func:`load` is the entry point the training loop uses: it reads a named dataset, splits it
+into train/validation/test deterministically, standardises the features with statistics
+fitted on the training split only and checks the result with :func:`validate`. Every
+bad-data condition raises :class:`DataError`, whose message names the file or array and what
+to do about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import math
+import os
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
+"""Where the Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST IDX files."""
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+"""Fashion-MNIST class names, indexed by label."""
+
+DATASETS: tuple[str, ...] = (
+    "fashion_mnist",
+    "digits",
+    "lecture_regression",
+    "lecture_classification",
+)
+"""The names :func:`load` accepts."""
+
+TASKS: tuple[str, ...] = ("classification", "regression")
+NORMALIZATIONS: tuple[str, ...] = ("standardize", "none")
+
+TEST_FRACTION = 0.2
+"""Share of a dataset without an official test split that :func:`load` holds out for testing."""
+
+_SPLIT_SEED = 0  # the held-out test split does not move with ``seed``: every run tests alike
+_MIN_STD = 1e-6  # features whose training std is below this are constant: divide by 1 instead
+
+# IDX type code -> big-endian dtype of the stored values.
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_INSTALL_HINT = (
+    "install it with `apt-get install -y dataset-fashion-mnist` "
+    "or set data.path to a directory holding the IDX files"
+)
+
+
+class DataError(ValueError):
+    """A dataset file or array is missing, corrupt or inconsistent with the model."""
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (the MNIST format), raw or gzip-compressed.
+
+    The header is two zero bytes, a type code (0x08 ubyte, 0x09 sbyte, 0x0B int16, 0x0C int32,
+    0x0D float32, 0x0E float64), the number of dimensions, then one big-endian uint32 per
+    dimension; the values follow in big-endian C order.
+
+    Args:
+      path: the file; it is decompressed when its name ends in ``.gz`` or it starts with the
+        gzip magic bytes.
+
+    Returns:
+      An array of shape ``dims`` in the stored type, native byte order.
+
+    Raises:
+      DataError: the file is missing, not valid gzip, has a bad header, or holds more or
+        fewer bytes than its header announces.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"IDX file {path} does not exist.") from None
+    except OSError as err:
+        raise DataError(f"Cannot read IDX file {path}: {err}.") from err
+    if path.suffix == ".gz" or raw.startswith(_GZIP_MAGIC):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(
+                f"IDX file {path} is not a valid gzip file ({err}); download it again."
+            ) from err
+
+    if len(raw) < 4:
+        raise DataError(
+            f"IDX file {path} is too short for a header: expected at least 4 bytes, got {len(raw)}."
+        )
+    zero0, zero1, type_code, ndim = raw[:4]
+    if zero0 != 0 or zero1 != 0:
+        raise DataError(
+            f"IDX file {path} has a bad magic number: expected the first two bytes to be 0, "
+            f"got {raw[:4].hex()}; is it an IDX file?"
+        )
+    if type_code not in _IDX_DTYPES:
+        codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise DataError(
+            f"IDX file {path} has unknown type code 0x{type_code:02X}; expected one of {codes}."
+        )
+    if ndim < 1:
+        raise DataError(f"IDX file {path} declares 0 dimensions; expected at least 1.")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(
+            f"IDX file {path} is truncated inside its header: expected at least {header} bytes "
+            f"for {ndim} dimensions, got {len(raw)}."
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[type_code]
+    expected = header + math.prod(dims) * dtype.itemsize
+    if len(raw) != expected:
+        problem = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise DataError(
+            f"IDX file {path} {problem}: its header announces shape {dims} of {dtype.name}, "
+            f"so expected {expected} bytes, got {len(raw)}."
+        )
+    values = np.frombuffer(raw, dtype=dtype, offset=header)
+    return values.reshape(dims).astype(dtype.newbyteorder("="))
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    where = f"in {directory}" if directory.is_dir() else f"because {directory} does not exist"
+    raise DataError(f"Fashion-MNIST file {stem}[.gz] not found {where}; {_INSTALL_HINT}.")
+
+
+def _read_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_path = _find_idx(directory, f"{split}-images-idx3-ubyte")
+    labels_path = _find_idx(directory, f"{split}-labels-idx1-ubyte")
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(
+            f"{images_path} should hold uint8 images of shape (examples, rows, cols), "
+            f"got {images.dtype} of shape {images.shape}."
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(
+            f"{labels_path} should hold uint8 labels of shape (examples,), "
+            f"got {labels.dtype} of shape {labels.shape}."
+        )
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+            "labels; the two files must come from the same release."
+        )
+    x = images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
+    y = labels.astype(np.int32)
+    validate(x, y, task="classification", num_classes=len(CLASS_NAMES), name=str(labels_path))
+    return x, y
+
+
+def fashion_mnist(
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fashion-MNIST from a directory of IDX files (``train-images-idx3-ubyte[.gz]`` etc.).
+
+    Args:
+      path: the directory; defaults to :data:`DEFAULT_FASHION_MNIST_PATH`.
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``: images flattened to float32 in [0, 1] of shape
+      ``(60000, 784)`` and ``(10000, 784)``, int32 labels in [0, 10) of shape ``(60000,)``
+      and ``(10000,)``. Label ``k`` names ``CLASS_NAMES[k]``.
+
+    Raises:
+      DataError: a file is missing or corrupt, or images and labels do not match.
+    """
+    directory = Path(DEFAULT_FASHION_MNIST_PATH if path is None else path)
+    x_train, y_train = _read_split(directory, "train")
+    x_test, y_test = _read_split(directory, "t10k")
+    if x_train.shape[1] != x_test.shape[1]:
+        raise DataError(
+            f"Fashion-MNIST in {directory}: training images have {x_train.shape[1]} pixels but "
+            f"test images have {x_test.shape[1]}; the files must come from the same release."
+        )
+    return x_train, y_train, x_test, y_test
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 handwritten digits bundled with scikit-learn (no download).
+
+    Returns:
+      ``(x, y)``: float32 pixels scaled to [0, 1] of shape ``(1797, 64)`` and int32 labels in
+      [0, 10) of shape ``(1797,)``.
+
+    Raises:
+      DataError: scikit-learn is not installed.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DataError(
+            'The digits dataset needs scikit-learn; install it with `pip install "fmlp[digits]"`.'
+        ) from err
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0)
+    return x, np.asarray(bunch.target, dtype=np.int32)
+
+
+# ----------------------------------------------------------------------------- synthetic sets
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise DataError(f"{name} must be a positive integer, got {value}.")
+
+
+def lecture_regression(
+    n: int = 2000, *, seed: int = 0, inputs: int = 8, outputs: int = 2, noise: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lecture's regression example: car sensor readings -> steering angle and throttle.
+
+    Each target is a smooth nonlinear function of the readings, ``tanh(x A) B + 0.5 sin(x C)``
+    with fixed random projections ``A`` (16 hidden units), ``B``, ``C``, plus Gaussian noise of
+    standard deviation ``noise``. A linear fit leaves about a fifth of the target variance
+    unexplained; a small tanh MLP gets most of it.
+
+    Args:
+      n: number of examples.
+      seed: seeds a ``numpy.random.Generator``; the same seed gives the same arrays.
+      inputs: number of sensor readings (features), drawn from a standard normal.
+      outputs: number of targets.
+      noise: standard deviation of the additive target noise.
+
+    Returns:
+      ``(x, y)``: float32 of shapes ``(n, inputs)`` and ``(n, outputs)``.
+    """
+    _check_positive(n=n, inputs=inputs, outputs=outputs)
+    if not noise >= 0:
+        raise DataError(f"noise must be a standard deviation >= 0, got {noise}.")
+    rng = np.random.default_rng(seed)
+    hidden = 16
+    a = 2.0 * rng.normal(size=(inputs, hidden)) / math.sqrt(inputs)
+    b = rng.normal(size=(hidden, outputs)) / math.sqrt(hidden)
+    c = 2.0 * rng.normal(size=(inputs, outputs)) / math.sqrt(inputs)
+    x = rng.normal(size=(n, inputs))
+    y = np.tanh(x @ a) @ b + 0.5 * np.sin(x @ c) + noise * rng.normal(size=(n, outputs))
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def lecture_classification(
+    n: int = 2000, *, seed: int = 0, inputs: int = 2, classes: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lecture's classification example: noisy interleaved spirals, one arm per class.
+
+    The first two features are the spiral (radius in [0, 1], angle noise 0.2 rad); any
+    further features are uninformative Gaussian noise of standard deviation 0.5. No linear
+    classifier separates the arms; a small MLP does, up to the overlap near the centre.
+
+    Args:
+      n: number of examples; labels cycle ``0, 1, ..., classes - 1``.
+      seed: seeds a ``numpy.random.Generator``; the same seed gives the same arrays.
+      inputs: number of features, at least 2.
+      classes: number of spiral arms, at least 2.
+
+    Returns:
+      ``(x, y)``: float32 features of shape ``(n, inputs)`` and int32 labels in
+      ``[0, classes)`` of shape ``(n,)``.
+    """
+    _check_positive(n=n)
+    if inputs < 2:
+        raise DataError(f"inputs must be at least 2 (the spiral's plane), got {inputs}.")
+    if classes < 2:
+        raise DataError(f"classes must be at least 2, got {classes}.")
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    radius = rng.uniform(0.0, 1.0, size=n)
+    angle = 2 * np.pi * y / classes + 4.0 * radius + 0.2 * rng.normal(size=n)
+    plane = radius[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=1)
+    extra = 0.5 * rng.normal(size=(n, inputs - 2))
+    x = np.concatenate([plane, extra], axis=1)
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    num_classes: int | None = None,
+    num_features: int | None = None,
+    name: str = "data",
+) -> None:
+    """Check features and targets before they reach a model.
+
+    Args:
+      x: features of shape ``(examples, features)``; every value must be finite.
+      y: int labels of shape ``(examples,)`` for classification, in ``[0, num_classes)``;
+        finite float targets of shape ``(examples, outputs)`` for regression.
+      task: ``"classification"`` or ``"regression"``.
+      num_classes: the number of classes the model predicts (classification only).
+      num_features: the number of features the model expects; ``None`` skips the check.
+      name: what the arrays are called in error messages (a file, a split).
+
+    Raises:
+      DataError: naming ``name``, the first offending row and what to fix.
+    """
+    if task not in TASKS:
+        raise DataError(f"{name}: unknown task {task!r}; expected one of {list(TASKS)}.")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise DataError(
+            f"{name}: features must be a numeric array of shape (examples, features), "
+            f"got {x.dtype} of shape {x.shape}."
+        )
+    if num_features is not None and x.shape[1] != num_features:
+        raise DataError(
+            f"{name}: the model expects {num_features} features, the data has {x.shape[1]}; "
+            "check model/data config."
+        )
+    if y.ndim < 1 or len(y) != len(x):
+        raise DataError(
+            f"{name}: features have {len(x)} examples but targets have shape {y.shape}; "
+            "they must have one row per example."
+        )
+    bad_x = ~np.isfinite(x)
+    if bad_x.any():
+        row = int(np.argmax(bad_x.any(axis=1)))
+        raise DataError(
+            f"{name}: {int(bad_x.sum())} feature values are NaN or Inf, the first in row {row}; "
+            "clean or drop those examples."
+        )
+    if task == "regression":
+        _validate_targets(y, name)
+    else:
+        _validate_labels(y, num_classes, name)
+
+
+def _validate_targets(y: np.ndarray, name: str) -> None:
+    if y.ndim != 2 or not np.issubdtype(y.dtype, np.floating):
+        raise DataError(
+            f"{name}: regression targets must be floats of shape (examples, outputs), "
+            f"got {y.dtype} of shape {y.shape}."
+        )
+    bad_y = ~np.isfinite(y)
+    if bad_y.any():
+        row = int(np.argmax(bad_y.any(axis=1)))
+        raise DataError(
+            f"{name}: {int(bad_y.sum())} regression targets are NaN or Inf, the first in row "
+            f"{row}; clean or drop those examples."
+        )
+
+
+def _validate_labels(y: np.ndarray, num_classes: int | None, name: str) -> None:
+    if y.ndim != 1:
+        raise DataError(
+            f"{name}: class labels must have shape (examples,), got shape {y.shape}; "
+            "pass integer labels, not one-hot rows."
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating):
+            whole = np.isfinite(y) & (y == np.round(y))
+            if not whole.all():
+                row = int(np.argmin(whole))
+                raise DataError(
+                    f"{name}: class labels must be integers, got {y[row]} in row {row}."
+                )
+        raise DataError(
+            f"{name}: class labels must have an integer dtype, got {y.dtype}; "
+            "convert them with y.astype(np.int32)."
+        )
+    outside = y < 0 if num_classes is None else (y < 0) | (y >= num_classes)
+    if outside.any():
+        row = int(np.argmax(outside))
+        expected = "[0, inf)" if num_classes is None else f"[0, {num_classes})"
+        raise DataError(
+            f"{name}: label {y[row]} in row {row} is outside {expected}; "
+            "check the labels or the model's number of classes."
+        )
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset split three ways, ready for training.
+
+    ``x_*`` are float32 ``(examples, num_features)``; ``y_*`` are int32 ``(examples,)`` labels
+    for classification or float32 ``(examples, num_outputs)`` targets for regression.
+    ``mean`` and ``std`` (float32, ``(num_features,)``) are the normaliser fitted on
+    ``x_train`` and already applied to every split; both are ``None`` when not normalised.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    task: str
+    num_classes: int | None
+    mean: np.ndarray | None
+    std: np.ndarray | None
+
+    @property
+    def num_features(self) -> int:
+        """Number of input features."""
+        return int(self.x_train.shape[1])
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output: the classes, or the regression targets."""
+        if self.num_classes is not None:
+            return self.num_classes
+        return int(self.y_train.shape[1])
+
+
+def _test_split(y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(pool, test)`` holding out ``TEST_FRACTION``, stratified by class."""
+    rng = np.random.default_rng(_SPLIT_SEED)
+    if task == "classification":
+        groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    else:
+        groups = [np.arange(len(y))]
+    test = []
+    for group in groups:
+        shuffled = rng.permutation(group)
+        test.append(shuffled[: round(TEST_FRACTION * len(group))])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[np.concatenate(test)] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _read(
+    name: str, path: str | os.PathLike[str] | None, synthetic_examples: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, int | None]:
+    """``(x_pool, y_pool, x_test, y_test, task, num_classes)`` of a named dataset."""
+    if name == "fashion_mnist":
+        return (*fashion_mnist(path), "classification", len(CLASS_NAMES))
+    if name == "digits":
+        x, y = digits()
+        task, num_classes = "classification", 10
+    elif name == "lecture_regression":
+        x, y = lecture_regression(synthetic_examples)
+        task, num_classes = "regression", None
+    else:
+        num_classes = 3
+        x, y = lecture_classification(synthetic_examples, classes=num_classes)
+        task = "classification"
+    pool, test = _test_split(y, task)
+    return x[pool], y[pool], x[test], y[test], task, num_classes
+
+
+def load(
+    name: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    validation_fraction: float = 0.1,
+    normalize: str = "standardize",
+    subset: int | None = None,
+    seed: int = 0,
+    synthetic_examples: int = 2000,
+) -> Dataset:
+    """Load a named dataset, split it, normalise it and validate it.
+
+    Fashion-MNIST keeps its official test set; the others hold out a fixed, class-stratified
+    ``TEST_FRACTION`` of their examples that does not depend on ``seed``. The remaining pool
+    is shuffled by ``seed``, cut to its first ``subset`` examples, and its first
+    ``validation_fraction`` becomes the validation split. The synthetic sets are generated
+    with seed 0, so they are the same data for every run.
+
+    Args:
+      name: one of :data:`DATASETS`.
+      path: directory of the Fashion-MNIST IDX files (default
+        :data:`DEFAULT_FASHION_MNIST_PATH`); ignored by the other datasets.
+      validation_fraction: share of the (subset) pool used for validation, in [0, 1); at
+        least one example when positive.
+      normalize: ``"standardize"`` (per-feature mean and std of the training split, applied to
+        every split; constant features are only centred) or ``"none"``.
+      subset: keep only this many examples of the shuffled training pool (fast tests).
+      seed: seeds the shuffle that picks the subset and the validation split.
+      synthetic_examples: size of the synthetic sets before the test split.
+
+    Returns:
+      A :class:`Dataset`.
+
+    Raises:
+      DataError: an argument is out of range, or the data is missing or invalid.
+    """
+    if name not in DATASETS:
+        raise DataError(f"Unknown dataset {name!r}; expected one of {list(DATASETS)}.")
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"Unknown normalize {normalize!r}; expected one of {list(NORMALIZATIONS)}.")
+    if not 0 <= validation_fraction < 1:
+        raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
+    _check_positive(synthetic_examples=synthetic_examples)
+    if subset is not None:
+        _check_positive(subset=subset)
+
+    x_pool, y_pool, x_test, y_test, task, num_classes = _read(name, path, synthetic_examples)
+    if subset is not None and subset > len(x_pool):
+        raise DataError(
+            f"subset={subset} is larger than the {len(x_pool)} training examples of {name}; "
+            "lower it or leave it unset."
+        )
+    order = np.random.default_rng(seed).permutation(len(x_pool))[:subset]
+    num_val = max(1, round(validation_fraction * len(order))) if validation_fraction > 0 else 0
+    if num_val >= len(order):
+        raise DataError(
+            f"{name}: validation_fraction={validation_fraction} of {len(order)} examples leaves "
+            "none for training; lower it or raise subset."
+        )
+    val, train = order[:num_val], order[num_val:]
+    x_train, y_train, x_val, y_val = x_pool[train], y_pool[train], x_pool[val], y_pool[val]
+
+    mean = std = None
+    if normalize == "standardize":
+        mean64 = x_train.mean(axis=0, dtype=np.float64)
+        std64 = x_train.std(axis=0, dtype=np.float64)
+        mean = mean64.astype(np.float32)
+        std = np.where(std64 < _MIN_STD, 1.0, std64).astype(np.float32)
+        x_train, x_val, x_test = ((x - mean) / std for x in (x_train, x_val, x_test))
+
+    dataset = Dataset(x_train, y_train, x_val, y_val, x_test, y_test, task, num_classes, mean, std)
+    for split in ("train", "val", "test"):
+        validate(
+            getattr(dataset, f"x_{split}"),
+            getattr(dataset, f"y_{split}"),
+            task=task,
+            num_classes=num_classes,
+            num_features=dataset.num_features,
+            name=f"{name} {split}",
+        )
+    return dataset
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@functools.partial(jax.jit, static_argnames=("n", "batch_size", "shuffle"))
+def batch_indices(
+    key: jax.Array, n: int, batch_size: int, *, shuffle: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """One epoch's mini-batches as fixed-shape index and mask arrays (no recompiles).
+
+    Every example appears exactly once; the last batch is padded with index 0 and masked
+    out, so no example is dropped and every batch has the same shape. Jitted with ``n``,
+    ``batch_size`` and ``shuffle`` static (one compilation per combination); it can be called
+    inside another jitted function, where those three must be Python values.
+
+    Args:
+      key: PRNG key for the order; the same key gives the same order.
+      n: number of examples.
+      batch_size: examples per batch.
+      shuffle: ``False`` keeps the order ``0, 1, ..., n - 1`` (``key`` unused).
+
+    Returns:
+      ``(idx, mask)`` of shape ``(ceil(n / batch_size), batch_size)``: int32 example indices
+      and float32 weights, 1.0 for real examples and 0.0 for padding.
+    """
+    _check_positive(n=n, batch_size=batch_size)
+    num_batches = -(-n // batch_size)
+    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+    padding = jnp.zeros(num_batches * batch_size - n, dtype=jnp.int32)
+    idx = jnp.concatenate([order.astype(jnp.int32), padding])
+    mask = (jnp.arange(num_batches * batch_size) < n).astype(jnp.float32)
+    return idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
