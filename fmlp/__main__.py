@@ -1,0 +1,7 @@
+"""``python -m fmlp`` is the ``fmlp`` command."""
+
+import sys
+
+from fmlp.cli import main
+
+sys.exit(main())
