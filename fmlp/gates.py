@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmlp import engine
 
@@ -122,27 +123,41 @@ _BINARY_SHAPES = [
 _ROW_SHAPES = [(5,), (1, 5), (4, 5), (128, 5)]
 
 
-def _normal(key: Array, shape: tuple[int, ...], dtype: Any, low: float | None = None) -> Array:
-    x = jax.random.normal(key, shape, dtype)
+def sample_rng(key: Array) -> np.random.Generator:
+    """A numpy generator seeded from a JAX key, for sample inputs.
+
+    Drawing samples on the host keeps the checkers from compiling a random-number program
+    for every shape they try.
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
+def _normal(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, low: float | None = None
+) -> Array:
+    x = rng.standard_normal(shape)
     # Keep samples away from kinks (relu at 0) and outside domains (log below 0).
-    return jnp.abs(x) + low if low is not None else jnp.where(jnp.abs(x) < 0.05, 0.5, x)
+    x = np.abs(x) + low if low is not None else np.where(np.abs(x) < 0.05, 0.5, x)
+    return jnp.asarray(x.astype(jnp.dtype(dtype)))
 
 
 def _unary_samples(low: float | None = None, **params: Any) -> SampleFn:
     def samples(key: Array, dtype: Any) -> list[Sample]:
-        keys = jax.random.split(key, len(_UNARY_SHAPES))
-        return [Sample((_normal(k, s, dtype, low),), params) for k, s in zip(keys, _UNARY_SHAPES)]
+        rng = sample_rng(key)
+        return [Sample((_normal(rng, s, dtype, low),), params) for s in _UNARY_SHAPES]
 
     return samples
 
 
 def _binary_samples(low: float | None = None) -> SampleFn:
     def samples(key: Array, dtype: Any) -> list[Sample]:
-        out = []
-        for k, (sx, sy) in zip(jax.random.split(key, len(_BINARY_SHAPES)), _BINARY_SHAPES):
-            kx, ky = jax.random.split(k)
-            out.append(Sample((_normal(kx, sx, dtype), _normal(ky, sy, dtype, low))))
-        return out
+        rng = sample_rng(key)
+        return [
+            Sample((_normal(rng, sx, dtype), _normal(rng, sy, dtype, low)))
+            for sx, sy in _BINARY_SHAPES
+        ]
 
     return samples
 
@@ -150,48 +165,52 @@ def _binary_samples(low: float | None = None) -> SampleFn:
 def _reduction_samples(key: Array, dtype: Any) -> list[Sample]:
     cases = [((), None), ((3,), None), ((4, 3), None), ((4, 3), 0), ((4, 3), -1),
              ((2, 4, 3), (0, 2)), ((128, 3), 0), ((1, 3), 1)]  # fmt: skip
-    keys = jax.random.split(key, len(cases))
-    return [Sample((_normal(k, s, dtype),), {"axis": a}) for k, (s, a) in zip(keys, cases)]
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, s, dtype),), {"axis": a}) for s, a in cases]
 
 
 def _row_samples(key: Array, dtype: Any) -> list[Sample]:
-    keys = jax.random.split(key, len(_ROW_SHAPES) + 1)
-    rows = [Sample((3.0 * _normal(k, s, dtype),)) for k, s in zip(keys, _ROW_SHAPES)]
+    rng = sample_rng(key)
+    rows = [Sample((3.0 * _normal(rng, s, dtype),)) for s in _ROW_SHAPES]
     extreme = jnp.array([[1e4, -1e4, 0.0, 2.0], [0.0, 0.0, 0.0, 1e4]], dtype)
-    return [*rows, Sample((extreme,)), Sample((_normal(keys[-1], (4, 5), dtype),), {"axis": 0})]
+    return [*rows, Sample((extreme,)), Sample((_normal(rng, (4, 5), dtype),), {"axis": 0})]
 
 
 def _matmul_samples(key: Array, dtype: Any) -> list[Sample]:
     cases = [((4, 3), (3, 2)), ((3,), (3, 2)), ((1, 3), (3, 2)), ((128, 3), (3, 5)),
              ((2, 4, 3), (3, 2)), ((4, 3), (3,)), ((3,), (3,))]  # fmt: skip
-    out = []
-    for k, (sx, sw) in zip(jax.random.split(key, len(cases)), cases):
-        kx, kw = jax.random.split(k)
-        out.append(Sample((_normal(kx, sx, dtype), _normal(kw, sw, dtype))))
-    return out
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, sx, dtype), _normal(rng, sw, dtype))) for sx, sw in cases]
 
 
 def _loss_samples(key: Array, dtype: Any) -> list[Sample]:
     """(outputs, targets) pairs: integer labels, one-hot rows and soft probability rows."""
+    rng = sample_rng(key)
     out = []
-    for k, batch in zip(jax.random.split(key, 3), [(), (1,), (128,)]):
-        kz, kl, kp = jax.random.split(k, 3)
-        logits = 2.0 * jax.random.normal(kz, (*batch, 4), dtype)
-        labels = jax.random.randint(kl, batch, 0, 4)
-        probs = jax.nn.softmax(jax.random.normal(kp, (*batch, 4), dtype))
-        one_hot = jax.nn.one_hot(labels, 4, dtype=dtype)
-        out += [Sample((logits, labels)), Sample((logits, one_hot)), Sample((logits, probs))]
+    for batch in [(), (1,), (128,)]:
+        logits = 2.0 * _normal(rng, (*batch, 4), dtype)
+        labels = rng.integers(0, 4, batch).astype(np.int32)
+        scores = np.exp(rng.standard_normal((*batch, 4)))
+        probs = jnp.asarray((scores / scores.sum(-1, keepdims=True)).astype(jnp.dtype(dtype)))
+        one_hot = jnp.asarray(np.eye(4, dtype=jnp.dtype(dtype))[labels])
+        out += [
+            Sample((logits, jnp.asarray(labels))),
+            Sample((logits, one_hot)),
+            Sample((logits, probs)),
+        ]
     return out
+
+
+def _transpose_samples(key: Array, dtype: Any) -> list[Sample]:
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, s, dtype),)) for s in [(), (3,), (4, 3), (1, 3), (2, 4, 3)]]
 
 
 def _regression_samples(key: Array, dtype: Any) -> list[Sample]:
     cases = [((), ()), ((3,), (3,)), ((4, 3), (4, 3)), ((1, 2), (1, 2)), ((128, 3), (128, 3)),
              ((4, 3), (3,))]  # fmt: skip
-    out = []
-    for k, (so, st) in zip(jax.random.split(key, len(cases)), cases):
-        ko, kt = jax.random.split(k)
-        out.append(Sample((_normal(ko, so, dtype), _normal(kt, st, dtype))))
-    return out
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, so, dtype), _normal(rng, st, dtype))) for so, st in cases]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -398,9 +417,9 @@ leaky_relu = register(
 matmul = register("matmul", _matmul_forward, _matmul_vjp, _matmul_samples)
 transpose = register(
     "transpose",
-    lambda x: jnp.swapaxes(x, -1, -2),
-    lambda g, out, x: (jnp.swapaxes(g, -1, -2),),  # d x^T = (.)^T
-    lambda key, dtype: [Sample((_normal(key, s, dtype),)) for s in [(4, 3), (1, 3), (2, 4, 3)]],
+    jnp.transpose,  # reverses all axes, like .T on an array
+    lambda g, out, x: (jnp.transpose(g),),  # reversing the axes is its own inverse
+    _transpose_samples,
 )
 sum = register(  # shadows the builtin on purpose: fmlp.gates.sum, like jnp.sum
     "sum",
