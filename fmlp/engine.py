@@ -128,7 +128,6 @@ class Tracked:
     """
 
     __slots__ = ("_id", "_tape", "value")
-    __array_ufunc__ = None  # numpy's binary operators then defer to our reflected methods
 
     def __init__(self, value: Array, tape: _Tape, node: int) -> None:
         self.value = value
@@ -142,6 +141,13 @@ class Tracked:
 
     def __repr__(self) -> str:
         return f"Tracked(shape={self.shape}, dtype={self.dtype})"
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # numpy routes `ndarray + tracked` here as np.add: the operator's gate handles it.
+        operator = _UFUNC_OPERATORS.get(ufunc.__name__)
+        if method == "__call__" and not kwargs and operator in _OPERATOR_GATES:
+            return _OPERATOR_GATES[operator](*inputs)
+        raise non_differentiable(f"numpy.{ufunc.__name__}", ufunc.__name__)
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise non_differentiable("conversion to a numpy array")
@@ -197,11 +203,19 @@ for _name, _symbol in {
     setattr(Tracked, _name, _unsupported_operator(_symbol))
 
 
+_UFUNC_OPERATORS = {
+    "add": "__add__", "subtract": "__sub__", "multiply": "__mul__", "divide": "__truediv__",
+    "matmul": "__matmul__", "negative": "__neg__", "positive": "__pos__",
+}  # fmt: skip
+_OPERATOR_GATES: dict[str, Callable[..., Any]] = {}
+
+
 def define_operators(table: dict[str, Callable[..., Any]]) -> None:
     """Map Python operators on tracked values to gates, e.g. ``{"__add__": gates.add}``.
 
     A key that is not a dunder (``"T"``) becomes a property computed by the gate.
     """
+    _OPERATOR_GATES.update(table)
     for name, fn in table.items():
         if name in ("__neg__", "__pos__"):
             setattr(Tracked, name, lambda self, fn=fn: fn(self))
@@ -220,17 +234,17 @@ def call_gate(gate: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     values = tuple(a.value if isinstance(a, Tracked) else a for a in args)
     if not tapes:
         return gate.forward(*values, **params)
+    if not all(t.open for t in tapes):
+        raise ValueError(
+            f"Gate {gate.name!r} received a tracked value that escaped the fmlp.grad/vjp call "
+            "that created it; return values out of the differentiated function instead."
+        )
     if len(tapes) > 1:
         raise NotImplementedError(
             f"Gate {gate.name!r} received values tracked by two nested fmlp.grad/vjp calls; "
             "higher-order derivatives are not supported by the engine (use jax.grad for those)."
         )
     (tape,) = tapes
-    if not tape.open:
-        raise ValueError(
-            f"Gate {gate.name!r} received a tracked value that escaped the fmlp.grad/vjp call "
-            "that created it; return values out of the differentiated function instead."
-        )
     out = tape.track(gate.forward(*values, **params))
     parents = tuple(a._id if isinstance(a, Tracked) else None for a in args)
     tape.records.append(_Record(gate, params, values, parents, out.value, out._id))
