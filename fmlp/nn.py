@@ -12,6 +12,7 @@ Because every operation is a gate, the same functions are differentiated by :fun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -62,13 +63,18 @@ def init(
       A list with one ``{"W": (sizes[i], sizes[i + 1]), "b": (sizes[i + 1],)}`` per layer;
       biases start at zero.
     """
-    sizes = list(sizes)
+    sizes = tuple(sizes)
     if len(sizes) < 2 or any(int(n) != n or n < 1 for n in sizes):
-        raise ValueError(f"sizes must list at least two positive layer widths, got {sizes}.")
-    initializer = _choice("initialisation scheme", scheme, INITIALIZERS)
+        raise ValueError(f"sizes must list at least two positive layer widths, got {list(sizes)}.")
+    _choice("initialisation scheme", scheme, INITIALIZERS)
+    return _init(key, tuple(int(n) for n in sizes), scheme, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))  # one program, not one per operation
+def _init(key: Array, sizes: tuple[int, ...], scheme: str, dtype: Any) -> Params:
     keys = jax.random.split(key, len(sizes) - 1)
     return [
-        {"W": initializer(k, (n_in, n_out), dtype), "b": jnp.zeros((n_out,), dtype)}
+        {"W": INITIALIZERS[scheme](k, (n_in, n_out), dtype), "b": jnp.zeros((n_out,), dtype)}
         for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])
     ]
 

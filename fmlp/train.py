@@ -109,7 +109,8 @@ def make_train_epoch(
         params, opt_state, x, y = carry
         idx, mask = batch
         value, grads = grad_fn(params, x[idx], y[idx], mask)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int counts
+            updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, x, y), value * jnp.sum(mask)
 
     def epoch(state: TrainState, x: Array, y: Array) -> tuple[TrainState, Array]:
@@ -141,10 +142,10 @@ def make_evaluate(
         target = y[idx]
         if num_classes is not None:
             per_example = gates.softmax_cross_entropy(out, target)
-            pred = jnp.argmax(out, axis=-1)
+            pred = jnp.argmax(out, axis=-1).astype(target.dtype)
             acc = {
                 "loss": acc["loss"] + jnp.sum(per_example * mask),
-                "correct": acc["correct"] + jnp.sum((pred == target) * mask),
+                "correct": acc["correct"] + jnp.sum(jnp.where(pred == target, mask, 0.0)),
                 "confusion": acc["confusion"].at[target, pred].add(mask),
             }
         else:
@@ -159,7 +160,8 @@ def make_evaluate(
         idx, mask = data.batch_indices(jax.random.PRNGKey(0), n, batch_size, shuffle=False)
         zero = jnp.zeros((), jnp.float32)
         if num_classes is not None:
-            init = {"loss": zero, "correct": zero, "confusion": jnp.zeros((num_classes,) * 2)}
+            confusion = jnp.zeros((num_classes, num_classes), jnp.float32)
+            init = {"loss": zero, "correct": zero, "confusion": confusion}
         else:
             init = {"loss": zero, "sse": zero}
         acc, _ = jax.lax.scan(lambda a, b: body(a, b, params, x, y), init, (idx, mask))
