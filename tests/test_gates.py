@@ -1,0 +1,435 @@
+"""The gate registry: every hand-written VJP against jax.vjp and finite differences.
+
+The sweep is parametrised over ``sorted(REGISTRY)`` at collection time, so a newly registered
+gate is checked with no edit here. The other tests pin down what the sweep cannot: that the
+samples keep covering broadcasting and batch sizes, numerics at extreme logits, the loss gates'
+closed-form gradients, error messages, and that a wrong VJP is caught.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fmlp
+from fmlp import gates
+from fmlp.gates import REGISTRY, Sample
+from fmlp.testing import FD_TOLERANCE, TOLERANCE, GradientCheckError, check_gate
+
+DTYPES = [jnp.float32, jnp.float64]
+DTYPE_IDS = ["float32", "float64"]
+
+BINARY_ELEMENTWISE = ["add", "subtract", "multiply", "divide"]
+UNARY_ELEMENTWISE = [
+    "negate",
+    "identity",
+    "square",
+    "exp",
+    "log",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "leaky_relu",
+]
+# Scalar, vector, matrix, both bias-add broadcasts, batch 1 and batch 128.
+REQUIRED_BINARY_SHAPES = [
+    ((), ()),
+    ((3,), (3,)),
+    ((4, 3), (4, 3)),
+    ((4, 3), (3,)),
+    ((4, 3), (1, 3)),
+    ((1, 3), (1, 3)),
+    ((128, 3), (3,)),
+]
+REQUIRED_UNARY_SHAPES = [(), (3,), (4, 3), (1, 3), (128, 3)]
+
+# Rows of logits at the edge of float range: huge positive and negative entries, one dominant
+# logit, and a row where every logit is hugely negative.
+EXTREME_LOGITS = [
+    [1e4, -1e4, 0.0, 2.0],
+    [0.0, 0.0, 0.0, 1e4],
+    [-1e4, -1e4, -1e4, -1e4],
+    [1e4, 1e4, -1e4, -1e4],
+]
+# Row 0: the correct class is 2e4 below the best (worst case); row 1: the huge logit is the
+# correct class; row 2: all equal; row 3: a tie of two huge logits, one of them correct.
+EXTREME_LABELS = [1, 3, 2, 0]
+
+
+def _sample_shapes(name: str, dtype=jnp.float64) -> list[tuple[tuple[int, ...], ...]]:
+    samples = REGISTRY[name].samples(jax.random.key(0), dtype)
+    return [tuple(jnp.shape(a) for a in s.args) for s in samples]
+
+
+def _assert_finite(tree) -> None:
+    for leaf in jax.tree.leaves(tree):
+        assert np.all(np.isfinite(np.asarray(leaf))), leaf
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_check_gate_every_registered_gate(name, dtype):
+    # The samples are what check_gate compares on: some, and in the dtype asked for.
+    samples = REGISTRY[name].samples(jax.random.key(0), dtype)
+    assert len(samples) > 0
+    for sample in samples:
+        assert isinstance(sample, Sample)
+        floats = [a for a in sample.args if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+        assert floats, f"{name}: a sample without any float input checks nothing"
+        assert all(jnp.result_type(a) == jnp.dtype(dtype) for a in floats)
+
+    err = check_gate(name, dtype=dtype)
+    assert isinstance(err, float)
+    assert np.isfinite(err)
+    # The worst error covers both comparisons: vs jax.vjp (dtype tolerance) and vs finite
+    # differences (always float64, FD_TOLERANCE).
+    assert 0.0 <= err <= max(TOLERANCE[jnp.dtype(dtype)], FD_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", BINARY_ELEMENTWISE)
+def test_binary_samples_cover_broadcasting_and_batch_sizes(name):
+    shapes = _sample_shapes(name)
+    assert all(len(s) == 2 for s in shapes)
+    missing = [pair for pair in REQUIRED_BINARY_SHAPES if pair not in shapes]
+    assert not missing, f"{name} samples lost the shape pairs {missing}"
+
+
+@pytest.mark.parametrize("name", UNARY_ELEMENTWISE)
+def test_unary_samples_cover_shapes(name):
+    shapes = [s[0] for s in _sample_shapes(name) if len(s) == 1]
+    missing = [s for s in REQUIRED_UNARY_SHAPES if s not in shapes]
+    assert not missing, f"{name} samples lost the shapes {missing}"
+
+
+def test_loss_samples_cover_every_target_kind_and_batch_size():
+    samples = REGISTRY["softmax_cross_entropy"].samples(jax.random.key(0), jnp.float64)
+    kinds = set()
+    for logits, labels in (s.args for s in samples):
+        if jnp.issubdtype(labels.dtype, jnp.integer):
+            kind = "labels"
+        elif bool(jnp.all((labels == 0) | (labels == 1))):
+            kind = "one_hot"
+        else:
+            kind = "probabilities"
+        kinds.add((kind, logits.shape[:-1]))
+    expected = {(k, b) for k in ("labels", "one_hot", "probabilities") for b in [(), (1,), (128,)]}
+    assert expected <= kinds
+
+
+def test_row_samples_include_extreme_logits():
+    for name in ["softmax", "log_softmax"]:
+        samples = REGISTRY[name].samples(jax.random.key(0), jnp.float64)
+        assert any(float(jnp.max(jnp.abs(s.args[0]))) >= 1e4 for s in samples), name
+
+
+# ----------------------------------------------------------------------------- extremes
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_softmax_cross_entropy_is_finite_at_extreme_logits(dtype):
+    logits = jnp.array(EXTREME_LOGITS, dtype)
+    labels = jnp.array(EXTREME_LABELS)
+
+    loss = gates.softmax_cross_entropy(logits, labels)
+    assert loss.shape == (4,)
+    assert loss.dtype == dtype
+    _assert_finite(loss)
+    assert float(loss[0]) == pytest.approx(2e4, rel=1e-6)
+    assert float(loss[1]) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss[2]) == pytest.approx(np.log(4.0), rel=1e-5)
+    assert float(loss[3]) == pytest.approx(np.log(2.0), rel=1e-5)
+
+    def mean_loss(z):
+        return gates.mean(gates.softmax_cross_entropy(z, labels))
+
+    g_engine = fmlp.grad(mean_loss)(logits)
+    _assert_finite(g_engine)
+    g_jax = jax.grad(mean_loss)(logits)
+    np.testing.assert_allclose(g_engine, g_jax, atol=1e-6)
+
+    ct = jnp.ones((4,), dtype)
+    g_logits, g_labels = gates.softmax_cross_entropy.vjp(ct, loss, logits, labels)
+    assert g_labels is None
+    _assert_finite(g_logits)
+    expected = jax.nn.softmax(logits) - jax.nn.one_hot(labels, 4, dtype=dtype)
+    np.testing.assert_allclose(g_logits, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_and_log_softmax_are_finite_at_extreme_logits(name, dtype):
+    logits = jnp.array(EXTREME_LOGITS, dtype)
+    out = REGISTRY[name](logits)
+    _assert_finite(out)
+    if name == "softmax":
+        np.testing.assert_allclose(jnp.sum(out, axis=-1), np.ones(4), rtol=1e-6)
+        np.testing.assert_allclose(out[1], [0.0, 0.0, 0.0, 1.0], atol=1e-6)
+    else:
+        # log p may be as low as -2e4, but is finite and <= 0; the dominant class has log p ~ 0.
+        assert not bool(jnp.any(out > 0))
+        assert float(out[1, 3]) == pytest.approx(0.0, abs=1e-6)
+        np.testing.assert_allclose(out[2], np.full(4, -np.log(4.0)), rtol=1e-5)
+
+    def f(z):
+        return gates.sum(gates.multiply(REGISTRY[name](z), jnp.full((4, 4), 0.25, dtype)))
+
+    g = fmlp.grad(f)(logits)
+    assert not bool(jnp.any(jnp.isnan(g)))
+    np.testing.assert_allclose(g, jax.grad(f)(logits), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- loss gradients
+
+
+@pytest.fixture
+def logits_and_labels(key):
+    k1, k2 = jax.random.split(key)
+    logits = 3.0 * jax.random.normal(k1, (6, 5), jnp.float64)
+    labels = jax.random.randint(k2, (6,), 0, 5)
+    return logits, labels
+
+
+def test_softmax_cross_entropy_gradient_is_p_minus_t_for_integer_labels(logits_and_labels):
+    logits, labels = logits_and_labels
+    g = fmlp.grad(lambda z: gates.sum(gates.softmax_cross_entropy(z, labels)))(logits)
+    expected = jax.nn.softmax(logits) - jax.nn.one_hot(labels, 5, dtype=jnp.float64)
+    np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_softmax_cross_entropy_gradient_is_p_minus_t_for_one_hot_labels(logits_and_labels):
+    logits, labels = logits_and_labels
+    one_hot = jax.nn.one_hot(labels, 5, dtype=jnp.float64)
+    g = fmlp.grad(lambda z, t: gates.sum(gates.softmax_cross_entropy(z, t)))(logits, one_hot)
+    np.testing.assert_allclose(g, jax.nn.softmax(logits) - one_hot, rtol=1e-12, atol=1e-14)
+    # One-hot rows and integer labels are the same loss.
+    np.testing.assert_allclose(
+        gates.softmax_cross_entropy(logits, one_hot),
+        gates.softmax_cross_entropy(logits, labels),
+        rtol=1e-12,
+    )
+
+
+def test_integer_labels_get_no_cotangent(logits_and_labels):
+    logits, labels = logits_and_labels
+    out = gates.softmax_cross_entropy(logits, labels)
+    ct = jnp.linspace(0.5, 1.5, 6, dtype=jnp.float64)
+    assert gates.softmax_cross_entropy.vjp(ct, out, logits, labels)[1] is None
+
+    out_e, vjp_e = fmlp.vjp(gates.softmax_cross_entropy, logits, labels)
+    out_j, vjp_j = jax.vjp(gates.softmax_cross_entropy, logits, labels)
+    np.testing.assert_allclose(out_e, out_j, rtol=1e-12)
+    (d_logits_e, d_labels_e), (d_logits_j, d_labels_j) = vjp_e(ct), vjp_j(ct)
+    np.testing.assert_allclose(d_logits_e, d_logits_j, rtol=1e-12, atol=1e-14)
+    # Like JAX: an integer primal gets a float0 cotangent of its shape.
+    assert d_labels_j.dtype == jax.dtypes.float0
+    assert d_labels_e.dtype == jax.dtypes.float0
+    assert d_labels_e.shape == labels.shape == d_labels_j.shape
+
+
+def test_probability_targets_get_the_jax_cotangent(key):
+    k1, k2 = jax.random.split(key)
+    logits = jax.random.normal(k1, (5, 4), jnp.float64)
+    probs = jax.nn.softmax(2.0 * jax.random.normal(k2, (5, 4), jnp.float64))
+    ct = jnp.arange(1.0, 6.0, dtype=jnp.float64)
+
+    _, vjp_e = fmlp.vjp(gates.softmax_cross_entropy, logits, probs)
+    _, vjp_j = jax.vjp(gates.softmax_cross_entropy, logits, probs)
+    ours, ref = vjp_e(ct), vjp_j(ct)
+    assert ours[1] is not None
+    assert ours[1].shape == probs.shape
+    assert not np.allclose(ours[1], 0.0)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # d l / d t = -log p, scaled by the cotangent of each row.
+    expected = -ct[:, None] * jax.nn.log_softmax(logits)
+    np.testing.assert_allclose(ours[1], expected, rtol=1e-12)
+
+
+def test_squared_error_is_half_the_summed_square_per_example(key):
+    k1, k2 = jax.random.split(key)
+    o = jax.random.normal(k1, (7, 3), jnp.float64)
+    t = jax.random.normal(k2, (7, 3), jnp.float64)
+    e = gates.squared_error(o, t)
+    assert e.shape == (7,)
+    np.testing.assert_allclose(e, 0.5 * np.sum((np.asarray(o) - np.asarray(t)) ** 2, axis=-1))
+
+    g_o, g_t = fmlp.grad(lambda o, t: gates.sum(gates.squared_error(o, t)), argnums=(0, 1))(o, t)
+    np.testing.assert_allclose(g_o, o - t, rtol=1e-12)
+    np.testing.assert_allclose(g_t, t - o, rtol=1e-12)
+
+
+def test_squared_error_of_a_scalar_and_of_one_vector():
+    assert float(gates.squared_error(jnp.float64(3.0), jnp.float64(1.0))) == 2.0
+    v = gates.squared_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0]))
+    assert v.shape == ()
+    assert float(v) == 2.5
+
+
+def test_mean_squared_error_is_the_mean_of_squares(key):
+    k1, k2 = jax.random.split(key)
+    o = jax.random.normal(k1, (7, 3), jnp.float64)
+    t = jax.random.normal(k2, (7, 3), jnp.float64)
+    mse = gates.mean_squared_error(o, t)
+    assert mse.shape == ()
+    np.testing.assert_allclose(mse, np.mean((np.asarray(o) - np.asarray(t)) ** 2), rtol=1e-12)
+    g = fmlp.grad(gates.mean_squared_error)(o, t)
+    np.testing.assert_allclose(g, 2.0 * (o - t) / 21.0, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_softmax_cross_entropy_rejects_integer_labels_of_the_wrong_shape():
+    logits = jnp.zeros((4, 5))
+    with pytest.raises(ValueError, match=r"integer labels must have shape \(4,\).*got \(3,\)"):
+        gates.softmax_cross_entropy(logits, jnp.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"integer labels must have shape \(4,\).*got \(4, 1\)"):
+        gates.softmax_cross_entropy(logits, jnp.zeros((4, 1), jnp.int32))
+
+
+def test_softmax_cross_entropy_rejects_probability_rows_of_the_wrong_shape():
+    logits = jnp.zeros((4, 5))
+    with pytest.raises(ValueError, match=r"probability targets.*\(4, 5\).*got \(4, 3\)"):
+        gates.softmax_cross_entropy(logits, jnp.full((4, 3), 1.0 / 3.0))
+
+
+def test_softmax_cross_entropy_shape_error_is_raised_under_the_engine():
+    def f(z):
+        return gates.mean(gates.softmax_cross_entropy(z, jnp.array([0, 1, 2])))
+
+    with pytest.raises(ValueError, match=r"integer labels must have shape \(4,\)"):
+        fmlp.grad(f)(jnp.zeros((4, 5)))
+
+
+def test_matmul_rejects_mismatched_inner_dimensions():
+    x, w = jnp.ones((4, 3)), jnp.ones((2, 5))
+    with pytest.raises(ValueError, match=r"matmul: .*x \(4, 3\) and W \(2, 5\)"):
+        gates.matmul(x, w)
+    with pytest.raises(ValueError, match=r"x \(4, 3\) and W \(2, 5\)"):
+        fmlp.grad(lambda w: gates.sum(gates.matmul(x, w)))(w)
+    with pytest.raises(ValueError, match=r"x \(4, 3\) and W \(2,\)"):
+        gates.matmul(x, jnp.ones(2))
+
+
+def test_register_rejects_a_duplicate_name():
+    before = REGISTRY["tanh"]
+    with pytest.raises(ValueError, match=r"'tanh' is already registered.*replace=True"):
+        gates.register("tanh", jnp.tanh, lambda g, out, x: (g,), gates.tanh.samples)
+    assert REGISTRY["tanh"] is before is gates.tanh
+
+
+@pytest.mark.parametrize("name", ["my-gate", "1tanh", "soft plus", ""])
+def test_register_rejects_a_name_that_is_not_an_identifier(name):
+    with pytest.raises(ValueError, match="Python identifier"):
+        gates.register(name, jnp.tanh, lambda g, out, x: (g,), gates.tanh.samples)
+    assert name not in REGISTRY
+
+
+def test_unregister_an_unknown_gate_raises():
+    with pytest.raises(KeyError, match="No gate named 'no_such_gate'"):
+        gates.unregister("no_such_gate")
+
+
+# ----------------------------------------------------------------------------- user gates
+
+
+@pytest.fixture
+def temporary_gates():
+    """``register`` that removes its gates again, so they never leak into other tests."""
+    names = []
+
+    def register(name, *args, **kwargs):
+        gate = gates.register(name, *args, **kwargs)
+        names.append(name)
+        return gate
+
+    yield register
+    for name in names:
+        if name in REGISTRY:
+            gates.unregister(name)
+        assert name not in REGISTRY
+        assert not hasattr(gates, name)
+
+
+def _softplus_samples(key, dtype):
+    shapes = [(), (3,), (4, 3), (1, 3), (128, 3)]
+    keys = jax.random.split(key, len(shapes))
+    return [Sample((3.0 * jax.random.normal(k, s, dtype),)) for k, s in zip(keys, shapes)]
+
+
+def test_register_and_unregister_a_gate(temporary_gates):
+    gate = temporary_gates(
+        "tmp_double", lambda x: 2.0 * x, lambda g, out, x: (2.0 * g,), _softplus_samples
+    )
+    assert isinstance(gate, gates.Gate)
+    assert REGISTRY["tmp_double"] is gate is gates.tmp_double
+    assert repr(gate) == "Gate('tmp_double')"
+    replaced = gates.register(
+        "tmp_double",
+        lambda x: 3.0 * x,
+        lambda g, out, x: (3.0 * g,),
+        _softplus_samples,
+        replace=True,
+    )
+    assert REGISTRY["tmp_double"] is replaced is gates.tmp_double
+    assert float(gates.tmp_double(jnp.float64(2.0))) == 6.0
+    gates.unregister("tmp_double")
+    assert "tmp_double" not in REGISTRY
+    assert not hasattr(gates, "tmp_double")
+
+
+@pytest.mark.parametrize(
+    "name, vjp",
+    [
+        ("bad_tanh", lambda g, out, x: (g * (1.0 + out * out),)),  # + instead of -
+        ("bad_tanh_sign", lambda g, out, x: (-g * (1.0 - out * out),)),  # sign error
+    ],
+)
+def test_check_gate_catches_a_wrong_vjp(temporary_gates, name, vjp):
+    gate = temporary_gates(name, jnp.tanh, vjp, gates.tanh.samples)
+    with pytest.raises(GradientCheckError, match=f"VJP of gate '{name}' disagrees") as info:
+        check_gate(name)
+    message = str(info.value)
+    assert "vs jax.vjp" in message
+    assert "vs finite differences" in message
+    assert "(128, 3)" in message  # names the failing sample's shapes
+    # The same wrong rule makes the engine disagree with jax.grad.
+    with pytest.raises(GradientCheckError, match=r"fmlp\.grad disagrees with jax\.grad"):
+        fmlp.testing.check_grad(lambda x: gates.sum(gate(x)), jnp.linspace(-1.0, 1.0, 5))
+
+
+def test_check_gate_catches_a_wrong_number_of_cotangents(temporary_gates):
+    temporary_gates("bad_arity", jnp.tanh, lambda g, out, x: (g, g), gates.tanh.samples)
+    with pytest.raises(GradientCheckError, match=r"'bad_arity' returned 2 cotangents for 1"):
+        check_gate("bad_arity")
+    with pytest.raises(TypeError, match=r"'bad_arity' returned 2 cotangents for 1 inputs"):
+        fmlp.grad(lambda x: gates.sum(gates.bad_arity(x)))(jnp.ones(3))
+
+
+def test_a_correct_user_gate_passes_and_composes(temporary_gates, key):
+    softplus = temporary_gates(
+        "user_softplus",
+        lambda x: jnp.logaddexp(x, 0.0),
+        lambda g, out, x: (g * jax.nn.sigmoid(x),),  # d softplus = sigmoid
+        _softplus_samples,
+    )
+    err = check_gate("user_softplus")
+    assert 0.0 <= err <= FD_TOLERANCE
+    assert gates.user_softplus is softplus
+
+    kx, kw, kv = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (8, 4), jnp.float64)
+    w = jax.random.normal(kw, (4, 3), jnp.float64)
+    v = jax.random.normal(kv, (3,), jnp.float64)
+
+    def f(w, v):
+        return gates.mean(gates.tanh(gates.matmul(softplus(gates.matmul(x, w)), v)))
+
+    assert fmlp.testing.check_grad(f, w, v, argnums=(0, 1)) < 1e-9
+    gw, gv = fmlp.grad(f, argnums=(0, 1))(w, v)
+    jw, jv = jax.grad(f, argnums=(0, 1))(w, v)
+    np.testing.assert_allclose(gw, jw, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gv, jv, rtol=1e-10, atol=1e-14)
