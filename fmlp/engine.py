@@ -67,7 +67,7 @@ class _Tape:
         for node, ct in seeds:
             _accumulate(cts, node, ct)
         for rec in reversed(self.records):
-            g = cts.pop(rec.out_id, None)
+            g = cts.get(rec.out_id)
             if g is None:  # this gate's output does not reach the differentiated output
                 continue
             in_cts = rec.gate.vjp(g, rec.out, *rec.inputs, **rec.params)
@@ -333,18 +333,8 @@ def _unwrap(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x.value if isinstance(x, Tracked) else x, tree)
 
 
-def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
-    """Like :func:`jax.vjp`, computed by the engine from the gates' hand-written VJPs.
-
-    Args:
-      fun: function of ``primals`` (pytrees of float arrays/Python floats) written with gates.
-      *primals: the point at which to differentiate.
-      has_aux: ``fun`` returns ``(output, aux)``; ``aux`` is returned as is, not differentiated.
-
-    Returns:
-      ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``. ``vjp_fn(ct)`` takes a cotangent with the
-      structure and shapes of ``out`` and returns a tuple with one cotangent per primal.
-    """
+def _forward(fun: Callable[..., Any], primals: tuple[Any, ...]) -> tuple[_Tape, list, Any, Any]:
+    """Track every floating leaf of ``primals`` and run ``fun`` on a fresh tape (forward pass)."""
     tape = _Tape()
     leaves, treedef = jax.tree.flatten(primals)
     tracked = []
@@ -365,6 +355,22 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
         raise translated from None
     finally:
         tape.open = False
+    return tape, tracked, treedef, out
+
+
+def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
+    """Like :func:`jax.vjp`, computed by the engine from the gates' hand-written VJPs.
+
+    Args:
+      fun: function of ``primals`` (pytrees of float arrays/Python floats) written with gates.
+      *primals: the point at which to differentiate.
+      has_aux: ``fun`` returns ``(output, aux)``; ``aux`` is returned as is, not differentiated.
+
+    Returns:
+      ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``. ``vjp_fn(ct)`` takes a cotangent with the
+      structure and shapes of ``out`` and returns a tuple with one cotangent per primal.
+    """
+    tape, tracked, treedef, out = _forward(fun, primals)
     if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError(
@@ -473,3 +479,58 @@ def grad(
         return (grads, value[1]) if has_aux else grads
 
     return grad_fun
+
+
+# ----------------------------------------------------------------------------- inspection
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One value of a traced computation: an argument leaf or the output of one gate call.
+
+    ``grad`` is the derivative of the (scalar) output with respect to this value, or None
+    where the output does not depend on it or is not a scalar.
+    """
+
+    id: int
+    gate: str | None  # None for argument leaves
+    parents: tuple[int | None, ...]  # tape ids of the gate's inputs; None for constants
+    inputs: tuple[Any, ...]  # the gate's input values, constants included
+    params: dict[str, Any]
+    value: Array
+    grad: Array | None
+    path: str | None  # for argument leaves: where it sits, e.g. "[0][1]['W']"
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """The computation graph :func:`trace` recorded: nodes in forward order and the output."""
+
+    nodes: list[Node]
+    output: int | None  # id of the output node; None when the output is a constant
+    constants: list[tuple[str, Any]]  # argument leaves that are not differentiated (labels)
+
+
+def trace(fun: Callable[..., Any], *args: Any) -> Graph:
+    """Run ``fun(*args)`` forward and backward, keeping every gate call, value and gradient.
+
+    Every floating leaf of ``args`` becomes an input node. If ``fun`` returns a scalar, the
+    backward pass is seeded with ``df/df = 1`` and each node gets its gradient, as in the
+    lecture's circuit figures; :func:`fmlp.viz.graph` draws the result.
+    """
+    tape, tracked, _, out = _forward(fun, args)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(args)[0]]
+    output = out._id if isinstance(out, Tracked) and out._tape is tape else None
+    scalar = output is not None and jnp.shape(out.value) == ()
+    cts = tape.backward([(output, jnp.ones_like(out.value))]) if scalar else {}
+    nodes = [
+        Node(t._id, None, (), (), {}, t.value, cts.get(t._id), path)
+        for t, path in zip(tracked, paths)
+        if isinstance(t, Tracked)
+    ]
+    nodes += [
+        Node(r.out_id, r.gate.name, r.parents, r.inputs, r.params, r.out, cts.get(r.out_id), None)
+        for r in tape.records
+    ]
+    constants = [(p, t) for t, p in zip(tracked, paths) if not isinstance(t, Tracked)]
+    return Graph(nodes, output, constants)

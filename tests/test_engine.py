@@ -600,3 +600,35 @@ def test_transpose_property_matches_jnp(shape):
     ref_value, ref_grads = jax.value_and_grad(f)(w)
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     np.testing.assert_allclose(grads, ref_grads, rtol=1e-10)
+
+
+def test_trace_keeps_every_value_and_gradient_of_the_lecture_circuit():
+    graph = fmlp.engine.trace(lambda x, y, z: (x + y) * z, -2.0, 5.0, -4.0)
+    by_id = {n.id: n for n in graph.nodes}
+    leaves = [n for n in graph.nodes if n.gate is None]
+    assert [n.path for n in leaves] == ["[0]", "[1]", "[2]"]
+    assert [float(n.value) for n in leaves] == [-2.0, 5.0, -4.0]
+    assert [float(n.grad) for n in leaves] == [-4.0, -4.0, 3.0]
+    q, f = (n for n in graph.nodes if n.gate is not None)
+    assert (q.gate, float(q.value), float(q.grad)) == ("add", 3.0, -4.0)
+    assert (f.gate, float(f.value), float(f.grad)) == ("multiply", -12.0, 1.0)
+    assert q.parents == (leaves[0].id, leaves[1].id) and f.parents == (q.id, leaves[2].id)
+    assert graph.output == f.id and by_id[graph.output] is f
+
+
+def test_trace_lists_undifferentiated_arguments_as_constants():
+    graph = fmlp.engine.trace(
+        lambda z, t: gates.mean(gates.softmax_cross_entropy(z, t)),
+        jnp.zeros((2, 3)),
+        jnp.array([0, 2]),
+    )
+    ((path, labels),) = graph.constants
+    loss_node = next(n for n in graph.nodes if n.gate == "softmax_cross_entropy")
+    assert path == "[1]" and loss_node.parents[1] is None and loss_node.inputs[1] is labels
+    assert graph.nodes[0].grad.shape == (2, 3)
+
+
+def test_trace_of_a_non_scalar_output_has_values_but_no_gradients():
+    graph = fmlp.engine.trace(lambda x: gates.tanh(x), jnp.ones(3))
+    assert all(n.grad is None for n in graph.nodes)
+    assert graph.nodes[-1].value.shape == (3,)

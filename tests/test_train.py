@@ -13,6 +13,7 @@ command does, sharing a persistent compilation cache so repeated programs compil
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import gzip
 import io
 import itertools
@@ -131,16 +132,8 @@ def sizes(cfg: config.Config) -> list[int]:
 
 def raw_test_split(cfg: config.Config) -> data.Dataset:
     """The run's dataset with the same seed and splits but unnormalised features."""
-    d = cfg.data
-    return data.load(
-        d.name,
-        path=d.path,
-        validation_fraction=d.validation_fraction,
-        normalize="none",
-        subset=d.subset,
-        seed=cfg.train.seed,
-        synthetic_examples=d.synthetic_examples,
-    )
+    raw = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="none"))
+    return train.load_dataset(raw)
 
 
 # ----------------------------------------------------------------------------- shared runs
