@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_INPUT as e:
         print(f"fmlp {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except train.TrainingDiverged as e:
+    except (train.TrainingDiverged, train.GradientMismatch) as e:
         print(f"fmlp {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

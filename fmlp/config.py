@@ -147,6 +147,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = _field(1, min=1)
     keep_checkpoints: int = _field(2, min=1)
     eval_batch_size: int = _field(1024, min=1)
+    check_gradients_every: int | None = _field(None, min=1)  # epochs between parity checks
+    gradient_tolerance: float = _field(1e-4, min=0.0, min_exclusive=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmlp import checkpoint, config, data, engine, gates, nn
+from fmlp import checkpoint, config, data, engine, gates, nn, testing
 
 Array = jax.Array
 PyTree = Any
@@ -44,6 +44,10 @@ class TrainState(NamedTuple):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class GradientMismatch(RuntimeError):
+    """The engine's gradients drifted from jax.grad's beyond train.gradient_tolerance."""
 
 
 class RunDirectoryError(ValueError):
@@ -123,6 +127,30 @@ def make_train_epoch(
         return new_state, jnp.sum(losses) / n
 
     return jax.jit(epoch, donate_argnums=0)
+
+
+def make_gradient_check(
+    loss: Callable[..., Array], *, n: int, batch_size: int
+) -> Callable[[nn.Params, Array, Array, Array], dict[str, Array]]:
+    """A jitted ``check(params, x, y, key)``: engine vs ``jax.grad`` on the epoch's first batch.
+
+    ``key`` is the state's key, so the batch is the first one the next epoch will train on.
+    Returns the relative error ``max|engine - jax| / max(|engine|, |jax|)`` per parameter,
+    keyed by its path (e.g. ``"[0]['W']"``).
+    """
+
+    def check(params: nn.Params, x: Array, y: Array, key: Array) -> dict[str, Array]:
+        _, order_key = jax.random.split(key)
+        idx, mask = data.batch_indices(order_key, n, batch_size)
+        batch = (x[idx[0]], y[idx[0]], mask[0])
+        ours = engine.grad(loss)(params, *batch)
+        ref = jax.grad(loss)(params, *batch)
+        return {
+            jax.tree_util.keystr(path): testing.relative_error(a, b)
+            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(ref))
+        }
+
+    return jax.jit(check)
 
 
 def make_evaluate(
@@ -337,6 +365,10 @@ def fit(
     train_epoch = train_epoch.lower(state, x, y).compile()
     evaluate_val = make_evaluate(cfg.model, n=len(xv), **eval_kwargs)
     evaluate_val = evaluate_val.lower(state.params, xv, yv).compile()
+    check_every = tc.check_gradients_every
+    if check_every is not None:
+        check_gradients = make_gradient_check(loss_fn(cfg.model), n=n, batch_size=tc.batch_size)
+        check_gradients = check_gradients.lower(state.params, x, y, state.key).compile()
     compile_seconds = time.perf_counter() - t0
 
     metric_name = "accuracy" if classification else "mse"
@@ -347,6 +379,8 @@ def fit(
             start = time.perf_counter()
             state, train_loss = train_epoch(state, x, y)
             val = evaluate_val(state.params, xv, yv)
+            if check_every is not None and epoch % check_every == 0:
+                val["gradient_check"] = check_gradients(state.params, x, y, state.key)
             host = jax.device_get({"train_loss": train_loss, **val})  # one sync per epoch
             seconds = time.perf_counter() - start
             train_seconds += seconds
@@ -373,8 +407,11 @@ def fit(
                 "seconds": seconds,
             }
             history.append(_floats(row) | {"epoch": epoch})
+            if "gradient_check" in host:
+                history[-1]["gradient_check"] = _floats(host["gradient_check"])
             with metrics_path.open("a") as f:
                 f.write(json.dumps(history[-1]) + "\n")
+            _check_parity(history[-1].get("gradient_check"), tc.gradient_tolerance, epoch)
             if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
                 ckpt.save(epoch, state, {"epoch": epoch}, host[metric_name])
             bar.update(1)
@@ -407,6 +444,17 @@ def fit(
             np.asarray(test["confusion"]), run_dir / "plots" / "confusion_test.png"
         )
     return state, {"epochs": history, "summary": summary, "run_dir": str(run_dir)}
+
+
+def _check_parity(errors: dict[str, float] | None, tolerance: float, epoch: int) -> None:
+    if errors is None or max(errors.values()) <= tolerance:
+        return
+    worst = max(errors, key=errors.get)
+    raise GradientMismatch(
+        f"at epoch {epoch} the engine's gradient of params{worst} differs from jax.grad's by "
+        f"{errors[worst]:.3g} (relative), above train.gradient_tolerance={tolerance:g}. A gate's "
+        "hand-written VJP is probably wrong for these inputs: run `fmlp gradcheck` to find it."
+    )
 
 
 def _version() -> str:
