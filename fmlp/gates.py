@@ -287,10 +287,11 @@ def _softmax_cross_entropy_vjp(
     # l = -sum_k t_k log p_k:  dl/dz = p * sum(t) - t  (= p - t for one-hot t),  dl/dt = -log p
     t = _targets(labels, logits)
     log_p = jax.nn.log_softmax(logits, axis=-1)
-    d_logits = g[..., None] * (jnp.exp(log_p) * jnp.sum(t, axis=-1, keepdims=True) - t)
+    g = jnp.expand_dims(g, -1)
+    d_logits = g * (jnp.exp(log_p) * jnp.sum(t, axis=-1, keepdims=True) - t)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         return d_logits, None
-    return d_logits, -g[..., None] * log_p
+    return d_logits, -g * log_p
 
 
 def _squared_error(outputs: Array, targets: Array) -> Array:
@@ -301,7 +302,7 @@ def _squared_error(outputs: Array, targets: Array) -> Array:
 def _squared_error_vjp(g: Array, out: Array, outputs: Array, targets: Array):
     # E = 1/2 sum_j (o_j - t_j)^2:  dE/do = o - t,  dE/dt = -(o - t)
     o, t = _broadcast(outputs, targets)
-    d = (g[..., None] if o.ndim else g) * (o - t)
+    d = (jnp.expand_dims(g, -1) if o.ndim else g) * (o - t)
     return d, -d
 
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("doc", ["README.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/tutorial.md"])
 def test_doc_examples_run(doc: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "doctest", "-o", "ELLIPSIS", doc],
