@@ -8,6 +8,7 @@ from fmlp import info as info
 from fmlp import nn as nn
 from fmlp import testing as testing
 from fmlp import train as train
+from fmlp import viz as viz
 from fmlp.engine import NonDifferentiableError as NonDifferentiableError
 from fmlp.engine import grad as grad
 from fmlp.engine import value_and_grad as value_and_grad

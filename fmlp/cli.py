@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fmlp import config, data, train
+import jax
+import jax.numpy as jnp
+import optax
 
-BAD_INPUT = (config.ConfigError, data.DataError, train.RunDirectoryError, FileNotFoundError)
+from fmlp import config, data, gates, nn, testing, train, viz
+
+BAD_INPUT = (
+    config.ConfigError,
+    data.DataError,
+    train.RunDirectoryError,
+    FileNotFoundError,
+    KeyError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +39,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
+    p = sub.add_parser(
+        "graph",
+        help="draw a computation graph with forward values and gradients (DOT or Graphviz)",
+        description="Draw the lecture's circuit (--circuit) or a config's model loss on a "
+        "small batch: every gate call with its shape and, for small arrays, value and gradient.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config whose model loss to draw")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.hidden=[4]")
+    p.add_argument(
+        "--circuit", action="store_true", help="the lecture's f(x, y, z) = (x + y) z instead"
+    )
+    p.add_argument("--batch", type=_positive, default=2, help="examples in the batch (default 2)")
+    p.add_argument(
+        "--max-elements", type=_positive, default=4, help="show values of arrays up to this size"
+    )
+    p.add_argument("--out", help="write .dot, or .svg/.png/.pdf via Graphviz (default: stdout)")
+    p = sub.add_parser(
+        "gradcheck",
+        help="check every registered gate's VJP against jax.vjp and finite differences",
+        description="Run fmlp.testing.check_gate over every registered gate (yours too, with "
+        "--module) and print the largest relative errors; exit 1 if any gate fails.",
+    )
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="module name or .py file whose import registers gates (repeatable)",
+    )
+    p.add_argument(
+        "--gate", action="append", help="check only this gate (repeatable; default: all)"
+    )
+    p.add_argument(
+        "--dtype", choices=("float32", "float64", "both"), default="both", help="sample dtype"
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -44,21 +100,99 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _graph(args: argparse.Namespace) -> None:
+    """Print the DOT source, or write ``--out`` (svg/png/pdf need Graphviz)."""
+    if args.circuit == (args.config is not None) or (args.circuit and args.overrides):
+        raise config.ConfigError("give either a config file (and key=value overrides) or --circuit")
+    out = None if args.out is None else Path(args.out)
+    if out is not None and out.suffix.lower() not in (".dot", ".gv", ".svg", ".png", ".pdf"):
+        raise config.ConfigError(f"--out {out}: expected a file ending in .dot, .svg, .png or .pdf")
+    if args.circuit:
+        # The lecture's circuit: q = x + y = 3, f = q z = -12; df/dx = df/dy = z, df/dz = q.
+        drawing = viz.graph(
+            lambda x, y, z: gates.multiply(gates.add(x, y), z),
+            -2.0, 5.0, -4.0, max_elements=args.max_elements,
+        )  # fmt: skip
+    else:
+        drawing = _model_graph(args.config, args.overrides, args.batch, args.max_elements)
+    if out is None:
+        sys.stdout.write(drawing.dot)
+        return
+    drawing.render(out)
+    print(f"wrote {out}")
+
+
+def _model_graph(
+    source: str, overrides: Sequence[str], batch: int, max_elements: int
+) -> viz.GraphDrawing:
+    """The config's model loss on the first ``batch`` training examples, at the seed's params."""
+    cfg = config.resolve(source, overrides)
+    dataset = train.load_dataset(cfg)
+    if batch > len(dataset.x_train):
+        raise data.DataError(
+            f"--batch {batch} is more than the {len(dataset.x_train)} training examples"
+        )
+    sizes = train.model_sizes(cfg, dataset)
+    params = train.init_state(cfg, sizes, optax.identity()).params
+    model = cfg.model
+
+    def loss(params: nn.Params, x: jax.Array, t: jax.Array) -> jax.Array:
+        return nn.loss(params, x, t, activation=model.activation, output=model.output)
+
+    x, t = jnp.asarray(dataset.x_train[:batch]), jnp.asarray(dataset.y_train[:batch])
+    return viz.graph(loss, params, x, t, max_elements=max_elements)
+
+
+def _import_gates(spec: str) -> None:
+    """Import a module by name, or a ``.py`` file by path, so that its gates register."""
+    if spec.endswith(".py"):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"--module {spec}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module_spec.loader.exec_module(importlib.util.module_from_spec(module_spec))
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError(
+            f"--module {spec}: {e}; give a module on sys.path or a .py file"
+        ) from None
+
+
+def _gradcheck(args: argparse.Namespace) -> int:
+    for spec in args.module:
+        _import_gates(spec)
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    reports = testing.check_all_gates(args.gate, dtypes=dtypes)
+    print(testing.format_reports(reports))
+    failed = sorted({r.name for r in reports if r.failures})
+    ok = sum(not r.failures for r in reports)
+    print(f"{ok} of {len(reports)} gate checks agree with the oracles.")
+    if failed:
+        print(f"Wrong VJPs: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "graph": _graph, "gradcheck": _gradcheck}
+        status = commands[args.command](args)
     except BAD_INPUT as e:
         print(f"fmlp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (train.TrainingDiverged, train.GradientMismatch) as e:
         print(f"fmlp {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
+    except viz.GraphvizError as e:
+        print(f"fmlp {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"fmlp {args.command}: interrupted; resume with --resume", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

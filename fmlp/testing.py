@@ -236,3 +236,29 @@ def check_grad(
     if failures:
         raise GradientCheckError("fmlp.grad disagrees with jax.grad:\n" + "\n".join(failures))
     return worst
+
+
+def check_all_gates(
+    names: Sequence[str] | None = None,
+    *,
+    dtypes: Sequence[Any] = (jnp.float32, jnp.float64),
+    key: jax.Array | None = None,
+) -> list[GateReport]:
+    """:func:`compare_gate` for each named gate (default: all registered) and dtype."""
+    names = sorted(REGISTRY) if names is None else list(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise KeyError(f"No gate named {unknown}; registered gates: {sorted(REGISTRY)}.")
+    return [compare_gate(name, key=key, dtype=d) for name in names for d in dtypes]
+
+
+def format_reports(reports: Sequence[GateReport]) -> str:
+    """A table of :class:`GateReport` rows, then each failing sample."""
+    lines = [f"{'gate':<24} {'dtype':<8} {'vs jax.vjp':>11} {'vs fin. diff':>12}  result"]
+    for r in reports:
+        result = "FAIL" if r.failures else "ok"
+        lines.append(f"{r.name:<24} {r.dtype:<8} {r.vs_jax:>11.2e} {r.vs_fd:>12.2e}  {result}")
+    for r in reports:
+        if r.failures:
+            lines += ["", f"{r.name} ({r.dtype}):", *r.failures]
+    return "\n".join(lines)

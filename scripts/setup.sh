@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Set up fmlp on a fresh Debian/Ubuntu machine: the Fashion-MNIST package and a virtualenv
-# in .venv with fmlp and its dev tools. Safe to run again; it only adds what is missing.
+# Set up fmlp on a fresh Debian/Ubuntu machine: the Fashion-MNIST package, Graphviz (to
+# render computation graphs) and a virtualenv in .venv with fmlp and its dev tools.
+# Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v dot >/dev/null; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist graphviz \
+    >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
