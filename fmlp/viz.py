@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fmlp import engine
+
 
 def _figure(**kwargs: Any) -> Any:
     # Imported here so drawing graphs does not load matplotlib; no pyplot: no global backend.
@@ -255,8 +257,6 @@ def graph(
     >>> [(n.name, n.value, n.grad) for n in g.nodes]
     [('x', '-2', '-4'), ('y', '5', '-4'), ('z', '-4', '3'), ('+', '3', '-4'), ('*', '-12', '1')]
     """
-    from fmlp import engine, gates  # noqa: F401 (gates: the operators +, *, ... on tracked values)
-
     if max_elements < 0:
         raise ValueError(f"max_elements must be >= 0, got {max_elements}.")
     arg_names = _argument_names(f, len(args), names)
