@@ -1,0 +1,508 @@
+"""fmlp.sklearn: scikit-learn's estimator checks, learning, sample weights, and the engine.
+
+Every fit is small. Datasets of up to 200 rows are trained full-batch on a row count padded to
+a power of two, so most fits here share a handful of compiled epochs; the estimator checks
+use ``hidden_layer_sizes=(16,)`` and ``max_iter=100`` (scikit-learn's own MLP checks use 100
+epochs of a 100-unit net).
+"""
+
+import doctest
+import functools
+import math
+import warnings
+
+import jax
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits, load_iris
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import fmlp
+import fmlp.sklearn
+from fmlp import nn
+from fmlp.sklearn import MLPClassifier, MLPRegressor
+
+SMALL = {"hidden_layer_sizes": (16,), "max_iter": 100, "learning_rate_init": 1e-2}
+FAST = {  # converges on iris-sized problems (one full-batch Adam step per epoch) in < 100 epochs
+    "hidden_layer_sizes": (16,),
+    "learning_rate_init": 0.05,
+    "max_iter": 500,
+    "tol": 1e-3,
+    "random_state": 0,
+}
+
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "Weights are equivalent to repeating or removing rows only up to float32 round-off: "
+        "the parameters are float32 and the weighted and repeated batches are summed in a "
+        "different order, so after 100 Adam epochs predictions agree to 1e-6..1e-5 relative, "
+        "while the check asks for rtol=1e-7. test_integer_weights_equal_repeated_rows and "
+        "test_zero_weight_equals_removing_rows check the same property at float32 tolerance."
+    ),
+}
+
+
+def _expected_failed_checks(estimator):
+    return EXPECTED_FAILED_CHECKS
+
+
+# scikit-learn's own test_common runs these checks ignoring ConvergenceWarning: several checks
+# fit with few epochs on purpose, and the warning is the documented behaviour there.
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@parametrize_with_checks(
+    [MLPClassifier(**SMALL), MLPRegressor(**SMALL)],
+    expected_failed_checks=_expected_failed_checks,
+    xfail_strict=True,
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
+
+
+def test_tags():
+    clf_tags, reg_tags = MLPClassifier().__sklearn_tags__(), MLPRegressor().__sklearn_tags__()
+    assert clf_tags.estimator_type == "classifier" and reg_tags.estimator_type == "regressor"
+    assert not clf_tags.classifier_tags.multi_label
+    assert not clf_tags.target_tags.multi_output
+    assert reg_tags.target_tags.multi_output and reg_tags.target_tags.single_output
+    assert not clf_tags.input_tags.sparse and not reg_tags.input_tags.sparse
+
+
+def test_module_doctest():
+    result = doctest.testmod(fmlp.sklearn, verbose=False, report=False)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_test), y_train, y_test
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits):
+    X_train, _, y_train, _ = digits
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0)
+    return clf.fit(X_train, y_train)
+
+
+def test_digits_accuracy(digits, digits_model):
+    _, X_test, _, y_test = digits
+    clf = digits_model
+    assert clf.score(X_test, y_test) >= 0.9
+    assert clf.n_iter_ < clf.max_iter  # stopped by the tol rule, without a ConvergenceWarning
+    assert clf.n_iter_ == len(clf.loss_curve_)
+    assert clf.loss_curve_[-1] < 0.1 * clf.loss_curve_[0]
+    assert clf.best_loss_ == min(clf.loss_curve_)
+    assert clf.t_ == clf.n_iter_ * len(digits[0])
+    assert clf.validation_scores_ is None and clf.best_validation_score_ is None
+    assert clf.classes_.tolist() == list(range(10))
+    assert (clf.n_features_in_, clf.n_outputs_, clf.n_layers_) == (64, 10, 3)
+    assert clf.out_activation_ == "softmax"
+    assert [layer["W"].shape for layer in clf.params_] == [(64, 64), (64, 10)]
+    assert all(layer["W"].dtype == np.float32 for layer in clf.params_)
+    assert [c.shape for c in clf.coefs_] == [(64, 64), (64, 10)]
+    assert [b.shape for b in clf.intercepts_] == [(64,), (10,)]
+
+
+def test_predict_proba_rows_sum_to_one(digits, digits_model):
+    _, X_test, _, _ = digits
+    proba = digits_model.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 10)
+    assert np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(
+        digits_model.classes_[proba.argmax(axis=1)], digits_model.predict(X_test)
+    )
+    np.testing.assert_allclose(
+        np.exp(digits_model.predict_log_proba(X_test[:5])), proba[:5], rtol=1e-6
+    )
+
+
+def test_prediction_does_not_depend_on_the_other_rows(digits, digits_model):
+    _, X_test, _, _ = digits
+    full = digits_model.predict_proba(X_test)
+    np.testing.assert_array_equal(digits_model.predict_proba(X_test[:1]), full[:1])
+    np.testing.assert_array_equal(digits_model.predict_proba(X_test[7:300]), full[7:300])
+    np.testing.assert_array_equal(digits_model.predict_proba(X_test[::-1]), full[::-1])
+
+
+def _regression_data(n=400, outputs=1, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-2, 2, size=(n, 3))
+    y = np.stack(
+        [np.sin(X[:, 0]) + 0.5 * X[:, 1] * X[:, 2], np.cos(X[:, 1]) - 0.3 * X[:, 0]][:outputs],
+        axis=1,
+    )
+    return X, y
+
+
+def test_regression_r2():
+    X, y = _regression_data(n=260)
+    X_train, X_test, y_train, y_test = train_test_split(X, y[:, 0], test_size=60, random_state=0)
+    reg = MLPRegressor(**{**FAST, "hidden_layer_sizes": (32,), "tol": 1e-4}).fit(X_train, y_train)
+    assert reg.score(X_test, y_test) >= 0.9
+    assert reg.predict(X_test).shape == (len(X_test),)
+    assert reg.out_activation_ == "identity" and reg.n_outputs_ == 1
+
+
+def test_multi_output_regression():
+    X, y = _regression_data(n=200, outputs=2)
+    reg = MLPRegressor(hidden_layer_sizes=(32,), learning_rate_init=1e-2, max_iter=300)
+    reg.set_params(random_state=0, tol=1e-3).fit(X, y)
+    assert reg.predict(X).shape == (200, 2)
+    assert reg.n_outputs_ == 2
+    assert reg.score(X, y) >= 0.8
+    column = MLPRegressor(**SMALL, random_state=0, tol=1.0).fit(X, y[:, :1])
+    assert column.predict(X).shape == (200, 1)  # a 2-D target of one column stays 2-D
+
+
+def test_string_labels_round_trip():
+    X, y_int = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    clf = MLPClassifier(**FAST).fit(X, names[y_int])
+    assert clf.classes_.tolist() == names.tolist()
+    pred = clf.predict(X)
+    assert pred.dtype == names.dtype and set(pred) <= set(names)
+    assert clf.score(X, names[y_int]) >= 0.9
+
+    binary = y_int[y_int < 2]
+    labels = np.array(["no", "yes"])[binary]
+    clf = MLPClassifier(**FAST).fit(X[y_int < 2], labels)
+    assert clf.predict_proba(X[:3]).shape == (3, 2)  # softmax over K = 2 units
+    assert clf.n_outputs_ == 2 and clf.out_activation_ == "softmax"
+    assert clf.score(X[y_int < 2], labels) == 1.0
+
+
+def test_multilabel_targets_are_rejected():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    Y = np.eye(2, dtype=int)[np.arange(20) % 2]
+    with pytest.raises(ValueError, match=r"one label per sample .* got y of shape \(20, 2\)"):
+        MLPClassifier(**SMALL).fit(X, Y)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        MLPClassifier(**SMALL).fit(X, np.linspace(0, 1, 20))
+
+
+def test_feature_names_are_kept():
+    pd = pytest.importorskip("pandas")
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    clf = MLPClassifier(**FAST).fit(X, y)
+    np.testing.assert_array_equal(clf.feature_names_in_, X.columns)
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(X.rename(columns=str.upper))
+    assert isinstance(X, pd.DataFrame)
+
+
+# ----------------------------------------------------------------------------- partial_fit
+
+
+def test_partial_fit_improves_the_loss():
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.05, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, y)
+    for _ in range(30):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    assert clf.n_iter_ == 30 and clf.t_ == 30 * len(X)
+    assert clf.loss_curve_[-1] < 0.5 * clf.loss_curve_[0]
+    assert np.all(np.diff(clf.loss_curve_) < 0)  # full-batch Adam on an easy problem
+    assert clf.score(X, y) >= 0.9
+    before = clf.loss_curve_[-1]
+    clf.partial_fit(X[y == 2], y[y == 2])  # classes may be left out after the first call
+    assert len(clf.loss_curve_) == 31 and clf.loss_curve_[-1] != before
+    with pytest.raises(ValueError, match="differs from the classes"):
+        clf.partial_fit(X, y, classes=[0, 1])
+    with pytest.raises(ValueError, match=r"labels \[7\] that are not among"):
+        clf.partial_fit(X[:2], [0, 7])
+    with pytest.raises(ValueError, match="early_stopping"):
+        clone(clf).set_params(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
+
+    X_reg, y_reg = _regression_data(n=100)
+    reg = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=1e-2, random_state=0)
+    for _ in range(20):
+        reg.partial_fit(X_reg, y_reg[:, 0])
+    assert reg.loss_curve_[-1] < 0.5 * reg.loss_curve_[0]
+
+
+def test_fit_after_partial_fit_starts_over():
+    X, y = load_iris(return_X_y=True)
+    clf = MLPClassifier(**SMALL, random_state=0, tol=1.0)
+    clf.partial_fit(X, y, classes=np.unique(y))
+    clf.fit(X, y)
+    assert clf.n_iter_ == len(clf.loss_curve_)
+
+
+# ----------------------------------------------------------------------------- sample weights
+
+
+def _weighted_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(60, 4))
+    y_clf = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1).astype(int)
+    y_reg = X @ np.array([1.0, -2.0, 0.5, 0.0]) + np.sin(X[:, 3])
+    return X, y_clf, y_reg
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_zero_weight_equals_removing_rows(cls):
+    X, y_clf, y_reg = _weighted_problem()
+    y = y_clf if cls is MLPClassifier else y_reg
+    weight = np.ones(len(X))
+    weight[::6] = 0.0
+    keep = weight > 0
+    params = {**SMALL, "random_state": 0, "max_iter": 40}
+    with pytest.warns(ConvergenceWarning):
+        weighted = cls(**params).fit(X, y, sample_weight=weight)
+    with pytest.warns(ConvergenceWarning):
+        removed = cls(**params).fit(X[keep], y[keep])
+    np.testing.assert_allclose(weighted.loss_curve_, removed.loss_curve_, rtol=1e-5)
+    method = "predict_proba" if cls is MLPClassifier else "predict"
+    np.testing.assert_allclose(
+        getattr(weighted, method)(X), getattr(removed, method)(X), rtol=1e-4, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_integer_weights_equal_repeated_rows(cls):
+    X, y_clf, y_reg = _weighted_problem(seed=1)
+    y = y_clf if cls is MLPClassifier else y_reg
+    weight = np.random.default_rng(1).integers(0, 4, size=len(X))
+    params = {**SMALL, "random_state": 0, "max_iter": 40}
+    with pytest.warns(ConvergenceWarning):
+        weighted = cls(**params).fit(X, y, sample_weight=weight)
+    with pytest.warns(ConvergenceWarning):
+        repeated = cls(**params).fit(X.repeat(weight, axis=0), y.repeat(weight))
+    method = "predict_proba" if cls is MLPClassifier else "predict"
+    np.testing.assert_allclose(
+        getattr(weighted, method)(X), getattr(repeated, method)(X), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_sample_weight_validation():
+    X, y, _ = _weighted_problem()
+    with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
+        MLPClassifier(**SMALL).fit(X, y, sample_weight=-np.ones(len(X)))
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(3,\), expected \(60,\)"):
+        MLPClassifier(**SMALL).fit(X, y, sample_weight=np.ones(3))
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def test_early_stopping_uses_a_validation_split():
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    clf = MLPClassifier(**FAST, early_stopping=True, validation_fraction=0.2)
+    clf.fit(X, y)
+    assert len(clf.validation_scores_) == clf.n_iter_ == len(clf.loss_curve_)
+    assert clf.n_iter_ < clf.max_iter
+    assert clf.best_validation_score_ == max(clf.validation_scores_) >= 0.9
+    assert clf.best_loss_ is None
+    assert clf.t_ == clf.n_iter_ * (150 - math.ceil(0.2 * 150))  # validation rows never train
+    assert clf.score(X, y) >= 0.9
+
+    X, y = _regression_data(n=100)
+    reg = MLPRegressor(**FAST, early_stopping=True).fit(X, y[:, 0])
+    assert reg.best_validation_score_ == max(reg.validation_scores_) > 0.5
+    with pytest.raises(ValueError, match="validation set is too small"):
+        MLPRegressor(**SMALL, early_stopping=True).fit(X[:10], y[:10, 0])
+
+
+def test_convergence_warning_and_tol_stopping():
+    X, y = load_iris(return_X_y=True)
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached"):
+        clf = MLPClassifier(**{**SMALL, "max_iter": 3}).fit(X, y)
+    assert clf.n_iter_ == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf = MLPClassifier(**SMALL, tol=10.0, n_iter_no_change=2).fit(X, y)
+    # The first epoch always improves on best_loss_ = inf; the next 3 do not by tol = 10, and
+    # scikit-learn stops once more than n_iter_no_change = 2 epochs in a row did not improve.
+    assert clf.n_iter_ == 4
+
+
+def test_verbose_prints_the_loss(capsys):
+    X, y = load_iris(return_X_y=True)
+    MLPClassifier(**SMALL, tol=10.0, n_iter_no_change=1, verbose=True).fit(X, y)
+    out = capsys.readouterr().out
+    assert "Iteration 1, loss = " in out and "Training loss did not improve" in out
+
+
+def test_warm_start_continues():
+    X, y = load_iris(return_X_y=True)
+    clf = MLPClassifier(**SMALL, warm_start=True, random_state=0, tol=1.0, n_iter_no_change=1)
+    first = [layer["W"] for layer in clf.fit(X, y).params_]
+    curve = list(clf.loss_curve_)
+    clf.fit(X, y)
+    assert clf.loss_curve_[: len(curve)] == curve and len(clf.loss_curve_) > len(curve)
+    assert not np.array_equal(first[0], clf.params_[0]["W"])
+    with pytest.raises(ValueError, match="same layer widths"):
+        clf.set_params(hidden_layer_sizes=(8,)).fit(X, y)
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_get_set_params_round_trip_and_clone():
+    clf = MLPClassifier(hidden_layer_sizes=(8, 4), activation="tanh", alpha=0.1, solver="sgd")
+    params = clf.get_params()
+    assert params["hidden_layer_sizes"] == (8, 4) and params["momentum"] == 0.9
+    assert params["nesterovs_momentum"] and params["batch_size"] == "auto"
+    assert MLPClassifier().set_params(**params).get_params() == params
+    assert clone(clf).get_params() == params
+
+    X, y = load_iris(return_X_y=True)
+    fitted = MLPClassifier(**FAST).fit(X, y)
+    copy = clone(fitted)
+    assert copy.get_params() == fitted.get_params()
+    assert not hasattr(copy, "params_")
+    with pytest.raises(NotFittedError):
+        copy.predict(X)
+
+
+def test_refits_on_the_same_shapes_reuse_the_compiled_epoch():
+    X, y = load_iris(return_X_y=True)
+    MLPClassifier(**FAST).fit(X, y)
+    before = fmlp.sklearn._compiled_epoch.cache_info()
+    # Other hyperparameters and another number of rows below the same power of two.
+    other = {"alpha": 0.5, "learning_rate_init": 0.01, "beta_1": 0.8, "epsilon": 1e-6}
+    clf = MLPClassifier(**{**FAST, **other}).fit(X[:140], y[:140])
+    after = fmlp.sklearn._compiled_epoch.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 1
+    assert clf.n_iter_ > 1
+
+
+def test_pipeline_and_grid_search():
+    X, y = load_iris(return_X_y=True)
+    pipe = Pipeline([("scale", StandardScaler()), ("mlp", MLPClassifier(**FAST))])
+    assert pipe.fit(X, y).score(X, y) >= 0.9
+    search = GridSearchCV(pipe, {"mlp__alpha": [1e-4, 1.0]}, cv=2).fit(X, y)
+    assert set(search.best_params_) == {"mlp__alpha"}
+    assert search.best_score_ >= 0.8
+    assert search.predict(X).shape == (len(X),)
+    assert search.cv_results_["mean_test_score"].shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"activation": "softplus"}, "Unknown activation 'softplus'"),
+        ({"solver": "lbfgs"}, "Unknown solver 'lbfgs'.*no lbfgs"),
+        ({"hidden_layer_sizes": (16, 0)}, "hidden_layer_sizes must be a positive integer"),
+        ({"alpha": -1.0}, r"alpha must be a number in \[0.0, inf\], got -1.0"),
+        ({"batch_size": 0}, r"batch_size must be an integer in \[1, inf\], got 0"),
+        ({"max_iter": 2.5}, "max_iter must be an integer"),
+        ({"learning_rate_init": 0.0}, r"learning_rate_init must be a number in \(0.0, inf\]"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \(0.0, 1.0\)"),
+        ({"momentum": 1.5}, r"momentum must be a number in \[0.0, 1.0\]"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change must be an integer"),
+    ],
+)
+def test_invalid_parameters_are_named(params, match):
+    X, y = load_iris(return_X_y=True)
+    with pytest.raises(ValueError, match=match):
+        MLPClassifier(**params).fit(X, y)
+
+
+def test_batch_size_larger_than_data_is_clipped_with_a_warning():
+    X, y = load_iris(return_X_y=True)
+    with pytest.warns(UserWarning, match="batch_size=500 is larger than the 150"):
+        MLPClassifier(**SMALL, batch_size=500, tol=10.0).fit(X, y)
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_every_activation_learns(activation):
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), activation=activation, learning_rate_init=0.05)
+    clf.set_params(random_state=0, max_iter=300, tol=1e-3).fit(X, y)
+    assert clf.score(X, y) >= 0.85
+
+
+def test_sgd_solver_learns():
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    clf = MLPClassifier(**{**FAST, "solver": "sgd", "learning_rate_init": 0.1}).fit(X, y)
+    assert clf.score(X, y) >= 0.9
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def test_gradients_come_from_the_engine(monkeypatch):
+    """An sgd step equals ``params - lr * fmlp.grad(loss)``, and jax's AD is never called."""
+    calls = []
+    engine_value_and_grad = fmlp.engine.value_and_grad
+
+    def spy(fun, *args, **kwargs):
+        calls.append(fun)
+        return engine_value_and_grad(fun, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("fmlp.sklearn must not differentiate with jax's autodiff")
+
+    monkeypatch.setattr(fmlp.engine, "value_and_grad", spy)
+    for name in ("grad", "value_and_grad", "vjp"):
+        monkeypatch.setattr(jax, name, forbidden)
+    # An empty cache of compiled epochs, so that this fit builds (and differentiates) its own.
+    fresh_cache = functools.lru_cache(fmlp.sklearn._compiled_epoch.__wrapped__)
+    monkeypatch.setattr(fmlp.sklearn, "_compiled_epoch", fresh_cache)
+
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)[:45]
+    y = y[:45]
+    lr, alpha = 0.5, 0.3
+    clf = MLPClassifier(
+        hidden_layer_sizes=(5,),
+        activation="logistic",
+        solver="sgd",
+        momentum=0.0,
+        nesterovs_momentum=False,
+        learning_rate_init=lr,
+        alpha=alpha,
+        random_state=0,
+    )
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    before = jax.tree.map(np.asarray, clf.params_)
+    clf.partial_fit(X, y)  # one full-batch step
+    after = jax.tree.map(np.asarray, clf.params_)
+    assert calls, "the epoch was not differentiated by fmlp.engine.value_and_grad"
+    monkeypatch.undo()
+
+    # The loss the estimator documents: mean cross-entropy + alpha / 2 * sum ||W||^2 / n.
+    def loss(params):
+        data = nn.loss(params, X.astype(np.float32), y, activation="sigmoid", output="softmax")
+        penalty = fmlp.gates.sum(fmlp.gates.square(params[0]["W"]))
+        penalty = fmlp.gates.add(penalty, fmlp.gates.sum(fmlp.gates.square(params[1]["W"])))
+        return fmlp.gates.add(data, fmlp.gates.multiply(penalty, np.float32(alpha / 2 / len(X))))
+
+    grads = jax.jit(fmlp.grad(loss))(jax.tree.map(jax.numpy.asarray, before))
+    for b, a, g in zip(before, after, grads):
+        for k in ("W", "b"):
+            np.testing.assert_allclose(a[k], b[k] - lr * np.asarray(g[k]), rtol=1e-5, atol=1e-6)
+
+
+def test_runs_under_jax_default_settings():
+    """The suite is x64 and strict; a user's JAX has 32-bit defaults and standard promotion."""
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    with (
+        jax.enable_x64(False),
+        jax.numpy_dtype_promotion("standard"),
+        jax.numpy_rank_promotion("allow"),
+    ):
+        clf = MLPClassifier(**FAST).fit(X, y)
+        assert clf.score(X, y) >= 0.9
+        assert clf.predict_proba(X).dtype == np.float64
