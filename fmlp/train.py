@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmlp import checkpoint, config, data, engine, gates, nn, testing
+from fmlp import checkpoint, config, data, engine, gates, nn, testing, viz
 
 Array = jax.Array
 PyTree = Any
@@ -333,12 +333,13 @@ def fit(
     n = len(dataset.x_train)
     steps_per_epoch = math.ceil(n / tc.batch_size)
     tx, schedule = make_optimizer(cfg.optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs)
-    state = init_state(cfg, model_sizes(cfg, dataset), tx)
+    sizes = model_sizes(cfg, dataset)
+    state = init_state(cfg, sizes, tx)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)
     config.save(cfg, run_dir / "config.yaml")
-    model_info = {"sizes": model_sizes(cfg, dataset), "num_classes": dataset.num_classes}
+    model_info = {"sizes": sizes, "num_classes": dataset.num_classes}
     (run_dir / "model.json").write_text(json.dumps(model_info) + "\n")
     if dataset.mean is not None:
         np.savez(run_dir / "normalizer.npz", mean=dataset.mean, std=dataset.std)
@@ -436,8 +437,6 @@ def fit(
         "run_dir": str(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    from fmlp import viz  # here: matplotlib loads only when a run finishes
-
     viz.training_curves(history, run_dir / "plots", metric=metric_name)
     if classification:
         viz.confusion_matrix(
@@ -483,12 +482,19 @@ def evaluate_split(
     return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v)) for k, v in result.items()}
 
 
+def _run_config(run_dir: Path) -> config.Config:
+    if not (run_dir / "config.yaml").exists():
+        raise RunDirectoryError(f"{run_dir} is not an fmlp run directory (no config.yaml).")
+    return config.load(run_dir / "config.yaml")
+
+
 def restore_params(run_dir: str | os.PathLike[str], *, best: bool = False) -> nn.Params:
     """The params of a run's latest (or best) checkpoint."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunDirectoryError(f"{run_dir} is not an fmlp run directory (no config.yaml).")
-    cfg = config.load(run_dir / "config.yaml")
+    return _restore_params(run_dir, _run_config(run_dir), best=best)
+
+
+def _restore_params(run_dir: Path, cfg: config.Config, *, best: bool) -> nn.Params:
     sizes = json.loads((run_dir / "model.json").read_text())["sizes"]
     tx, _ = make_optimizer(cfg.optimizer, steps_per_epoch=1, epochs=cfg.train.epochs)
     state, _ = checkpoint.Checkpointer(run_dir).restore(init_state(cfg, sizes, tx), best=best)
@@ -505,8 +511,8 @@ def load(
     ``(B, out)`` for a regression net.
     """
     run_dir = Path(run_dir)
-    params = restore_params(run_dir, best=best)
-    cfg = config.load(run_dir / "config.yaml")
+    cfg = _run_config(run_dir)
+    params = _restore_params(run_dir, cfg, best=best)
     stats = run_dir / "normalizer.npz"
     mean, std = (np.load(stats)[k] for k in ("mean", "std")) if stats.exists() else (0.0, 1.0)
     n_features = int(params[0]["W"].shape[0])
@@ -535,12 +541,10 @@ def evaluate_run(
     nested lists.
     """
     run_dir = Path(run_dir)
-    params = restore_params(run_dir, best=best)
-    cfg = config.load(run_dir / "config.yaml")
+    cfg = _run_config(run_dir)
+    params = _restore_params(run_dir, cfg, best=best)
     dataset = load_dataset(cfg)
     result = evaluate_split(cfg, dataset, params, split)
-    from fmlp import viz
-
     (run_dir / "plots").mkdir(exist_ok=True)
     metric = "accuracy" if dataset.num_classes is not None else "mse"
     history = _read_history(run_dir / "metrics.jsonl", upto=cfg.train.epochs)
