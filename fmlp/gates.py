@@ -206,6 +206,13 @@ def _transpose_samples(key: Array, dtype: Any) -> list[Sample]:
     return [Sample((_normal(rng, s, dtype),)) for s in [(), (3,), (4, 3), (1, 3), (2, 4, 3)]]
 
 
+def _astype_samples(key: Array, dtype: Any) -> list[Sample]:
+    # Casts up to float64 only: the float64 finite-difference check cannot see through a
+    # rounding cast; down-casts (bfloat16) are checked against jax.vjp in the test suite.
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, s, dtype),), {"dtype": "float64"}) for s in [(), (3,), (4, 3)]]
+
+
 def _regression_samples(key: Array, dtype: Any) -> list[Sample]:
     cases = [((), ()), ((3,), (3,)), ((4, 3), (4, 3)), ((1, 2), (1, 2)), ((128, 3), (128, 3)),
              ((4, 3), (3,))]  # fmt: skip
@@ -414,6 +421,12 @@ leaky_relu = register(
     # d leaky_relu = 1 if x > 0 else slope
     lambda g, out, x, negative_slope=0.01: (jnp.where(x > 0, g, negative_slope * g),),
     _unary_samples(negative_slope=0.1),
+)
+astype = register(
+    "astype",
+    lambda x, dtype: x.astype(dtype),
+    lambda g, out, x, dtype: (g.astype(x.dtype),),  # d cast = 1, in the input's precision
+    _astype_samples,
 )
 matmul = register("matmul", _matmul_forward, _matmul_vjp, _matmul_samples)
 transpose = register(

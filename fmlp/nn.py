@@ -84,7 +84,14 @@ def dense(layer: dict[str, Array], x: Array) -> Array:
     return gates.add(gates.matmul(x, layer["W"]), layer["b"])
 
 
-def apply(params: Params, x: Array, *, activation: str = "tanh", output: str = "identity") -> Array:
+def apply(
+    params: Params,
+    x: Array,
+    *,
+    activation: str = "tanh",
+    output: str = "identity",
+    compute_dtype: Any = None,
+) -> Array:
     """Forward pass: ``o = Φ_out(... Φ(x @ W1 + b1) ... @ WL + bL)``.
 
     Args:
@@ -92,15 +99,27 @@ def apply(params: Params, x: Array, *, activation: str = "tanh", output: str = "
       x: inputs of shape ``(B, in)`` (or ``(in,)`` for one example).
       activation: hidden activation: tanh, relu, sigmoid, leaky_relu or identity.
       output: output activation: ``identity`` (regression, or logits) or ``softmax``.
+      compute_dtype: e.g. ``"bfloat16"``: mixed precision. Inputs and params are cast to it
+        (through the ``astype`` gate, so gradients reach the params in their own dtype) for
+        every layer; the last layer's pre-activations are cast back to the params' dtype
+        before the output activation. None computes in the params' dtype.
 
     Returns:
-      Outputs of shape ``(B, out)``.
+      Outputs of shape ``(B, out)``, in the params' dtype.
     """
     phi = _choice("activation", activation, ACTIVATIONS)
     phi_out = _choice("output", output, OUTPUTS)
+    master = params[-1]["b"].dtype
+    if compute_dtype is not None:
+        cast = functools.partial(gates.astype, dtype=jnp.dtype(compute_dtype).name)
+        params = [{name: cast(p) for name, p in layer.items()} for layer in params]
+        x = cast(x)
     for layer in params[:-1]:
         x = phi(dense(layer, x))
-    return phi_out(dense(params[-1], x))
+    s = dense(params[-1], x)
+    if compute_dtype is not None:
+        s = gates.astype(s, dtype=jnp.dtype(master).name)
+    return phi_out(s)
 
 
 def _masked_mean(per_example: Array, mask: Array | None) -> Array:
@@ -117,6 +136,7 @@ def loss(
     activation: str = "tanh",
     output: str = "softmax",
     mask: Array | None = None,
+    compute_dtype: Any = None,
 ) -> Array:
     """Mean loss over a mini-batch: cross-entropy for ``softmax``, squared error for ``identity``.
 
@@ -132,12 +152,16 @@ def loss(
       activation: hidden activation.
       output: ``softmax`` or ``identity``.
       mask: optional ``(B,)`` weights, 1 for real examples and 0 for padding.
+      compute_dtype: mixed precision as in :func:`apply`; the loss is computed in the params'
+        dtype.
 
     Returns:
       Scalar loss: the (masked) mean over the batch.
     """
     _choice("output", output, OUTPUTS)
-    outputs = apply(params, x, activation=activation, output="identity")
+    outputs = apply(
+        params, x, activation=activation, output="identity", compute_dtype=compute_dtype
+    )
     if output == "softmax":
         per_example = gates.softmax_cross_entropy(outputs, y)
     else:
