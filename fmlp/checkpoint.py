@@ -5,8 +5,10 @@ A run directory holds two orbax managers: ``checkpoints/latest`` keeps the last 
 metric. Orbax writes each step into a temporary folder and renames it when complete, so a
 checkpoint interrupted mid-write is never listed, never loaded.
 
-Arrays are saved as host numpy values: a checkpoint written on any device count or backend
-restores onto whatever devices the restoring process has (CPU included).
+Arrays are saved as whole host numpy values (gathered from every device and process): a
+checkpoint written on any device count, host count or backend restores onto whatever devices
+the restoring process has (CPU included). Every process of a multi-process run calls
+:meth:`Checkpointer.save`; orbax has process 0 write.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from fmlp import parallel
 
 PyTree = Any
 
@@ -47,7 +51,7 @@ class Checkpointer:
 
     def save(self, epoch: int, state: PyTree, meta: dict[str, Any], metric: float) -> None:
         """Save ``state`` (a pytree of arrays) and JSON ``meta`` as epoch ``epoch``."""
-        host = jax.tree.map(np.asarray, jax.device_get(state))
+        host = parallel.fetch(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         self.latest.save(epoch, args=args, force=True)
         self.best.save(epoch, args=args, metrics={"metric": float(metric)}, force=True)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmlp import config, data, gates, nn, testing, train, viz
+from fmlp import config, data, gates, nn, parallel, testing, train, viz
 
 BAD_INPUT = (
     config.ConfigError,
@@ -176,7 +177,14 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow an option (``fmlp train C --out D a.b=1``), which argparse
+    # leaves over; anything else left over is an error as usual.
+    if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         commands = {"train": _train, "eval": _eval, "graph": _graph, "gradcheck": _gradcheck}
         status = commands[args.command](args)
@@ -186,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (train.TrainingDiverged, train.GradientMismatch) as e:
         print(f"fmlp {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
+    except parallel.DistributedError as e:
+        print(f"fmlp {args.command}: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # JAX's shutdown at exit would wait for the lost process and then abort; skip it.
+        os._exit(1)
     except viz.GraphvizError as e:
         print(f"fmlp {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Run configuration: a typed schema, YAML loading, dotted ``key=value`` overrides, validation.
 
-A config has five sections (``model``, ``data``, ``optimizer``, ``train``, ``run``), each a frozen
+A config has seven sections (``model``, ``data``, ``optimizer``, ``train``, ``parallel``,
+``distributed``, ``run``) and one top-level key (``precision``); each section is a frozen
 dataclass whose fields carry their constraints as metadata (``choices``, ``min``, ``max``). One
 generic validator walks those fields whenever a section is built, so every :class:`Config` that
 exists is valid; an invalid one raises :class:`ConfigError` naming the dotted key, what was
@@ -152,6 +153,45 @@ class TrainConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig(_Section):
+    """How the devices are laid out: a ``data`` axis (batch shards) and a ``model`` axis.
+
+    ``data`` null takes every visible device (of every process) not used by ``model``.
+    """
+
+    _prefix: ClassVar[str] = "parallel."
+
+    data: int | None = _field(None, min=1)
+    model: int = _field(1, min=1)  # > 1 shards wide layers' columns over this many devices
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig(_Section):
+    """Joining several processes (hosts) with ``jax.distributed.initialize``.
+
+    All null and ``from_environment`` false: a single process. Otherwise every process runs
+    the same command with its own ``process_id``; null keys are read from the cluster's
+    environment (SLURM, Open MPI, TPU VMs, ``JAX_COORDINATOR_ADDRESS``...) when
+    ``from_environment`` is true.
+    """
+
+    _prefix: ClassVar[str] = "distributed."
+
+    coordinator_address: str | None = _field(None)  # host:port of process 0
+    num_processes: int | None = _field(None, min=1)
+    process_id: int | None = _field(None, min=0)
+    from_environment: bool = _field(False)
+    initialization_timeout: int = _field(300, min=1)  # seconds to wait for every process
+    heartbeat_timeout: int = _field(100, min=1)  # seconds of silence that mark a process dead
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this config asks for a multi-process run."""
+        given = (self.coordinator_address, self.num_processes, self.process_id)
+        return self.from_environment or any(v is not None for v in given)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig(_Section):
     """Where and how a run reports: its name, output directory and progress display."""
 
@@ -172,6 +212,10 @@ class Config(_Section):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    # float32, or bfloat16 compute with float32 master params, loss and softmax
+    precision: str = _field("float32", choices=("float32", "bfloat16"))
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -183,6 +227,15 @@ class Config(_Section):
                 f"model.output={head!r} is a {_OUTPUT_TASKS[head]} head but "
                 f"data.name={data!r} is a {_DATA_TASKS[data]} set; "
                 f"expected model.output={fitting[0]} for this data"
+            )
+        dist = self.distributed
+        if None not in (dist.num_processes, dist.process_id) and (
+            dist.process_id >= dist.num_processes
+        ):
+            raise ConfigError(
+                f"distributed.process_id must be < distributed.num_processes, got "
+                f"distributed.process_id={dist.process_id} and "
+                f"distributed.num_processes={dist.num_processes}; ids run 0..num_processes-1"
             )
         opt = self.optimizer
         if opt.schedule == "warmup_cosine" and opt.warmup_epochs >= self.train.epochs:

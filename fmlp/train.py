@@ -6,6 +6,9 @@ out of the device-resident data, and runs forward, backward (the engine's hand-w
 or ``jax.grad`` as the oracle) and the optax update, with the state's buffers donated. The
 host reads the epoch's metrics once, writes them, and checkpoints.
 
+On several devices (or hosts) the same program runs on a :mod:`fmlp.parallel` mesh: each
+mini-batch is split over the ``data`` axis and XLA reduces the gradients.
+
 :func:`fit` is the Python API; ``fmlp train`` is a thin layer over it.
 """
 
@@ -25,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from fmlp import checkpoint, config, data, engine, gates, nn, testing, viz
+from fmlp import checkpoint, config, data, engine, gates, nn, parallel, testing, viz
 
 Array = jax.Array
 PyTree = Any
@@ -84,13 +88,33 @@ def make_optimizer(
     return tx, schedule
 
 
-def loss_fn(cfg: config.ModelConfig) -> Callable[..., Array]:
-    """``loss(params, x, y, mask) -> scalar`` for the config's model, written with gates."""
+def compute_dtype(precision: str) -> str | None:
+    """The compute dtype for a config's ``precision`` (None: the params' own float32)."""
+    return None if precision == "float32" else precision
+
+
+def loss_fn(cfg: config.ModelConfig, precision: str = "float32") -> Callable[..., Array]:
+    """``loss(params, x, y, mask) -> scalar`` for the config's model, written with gates.
+
+    ``precision="bfloat16"`` computes the layers in bfloat16 from float32 params; the loss
+    and its softmax stay in float32.
+    """
+    dtype = compute_dtype(precision)
 
     def loss(params: nn.Params, x: Array, y: Array, mask: Array) -> Array:
-        return nn.loss(params, x, y, activation=cfg.activation, output=cfg.output, mask=mask)
+        return nn.loss(
+            params, x, y, activation=cfg.activation, output=cfg.output, mask=mask,
+            compute_dtype=dtype,
+        )  # fmt: skip
 
     return loss
+
+
+def _batch(mesh: Mesh | None, *arrays: Array) -> tuple[Array, ...]:
+    """Split a mini-batch's arrays over the mesh's ``data`` axis (no-op without a mesh)."""
+    if mesh is None:
+        return arrays
+    return tuple(jax.lax.with_sharding_constraint(a, parallel.batch_sharding(mesh)) for a in arrays)
 
 
 def make_train_epoch(
@@ -100,11 +124,15 @@ def make_train_epoch(
     n: int,
     batch_size: int,
     gradients: str = "engine",
+    mesh: Mesh | None = None,
+    shardings: TrainState | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)`` over ``n`` examples.
 
     ``gradients`` picks the backend: ``engine`` (fmlp's hand-written VJPs) or ``jax``
-    (``jax.value_and_grad``, the oracle); everything else is the same program.
+    (``jax.value_and_grad``, the oracle); everything else is the same program. With a
+    ``mesh``, each mini-batch is split over its ``data`` axis and the new state keeps
+    ``shardings`` (from :func:`fmlp.parallel.state_shardings`).
     """
     value_and_grad = {"engine": engine.value_and_grad, "jax": jax.value_and_grad}[gradients]
     grad_fn = value_and_grad(loss)
@@ -112,7 +140,7 @@ def make_train_epoch(
     def step(carry: tuple, batch: tuple[Array, Array]) -> tuple[tuple, Array]:
         params, opt_state, x, y = carry
         idx, mask = batch
-        value, grads = grad_fn(params, x[idx], y[idx], mask)
+        value, grads = grad_fn(params, *_batch(mesh, x[idx], y[idx], mask))
         with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int counts
             updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, x, y), value * jnp.sum(mask)
@@ -126,11 +154,13 @@ def make_train_epoch(
         new_state = TrainState(params, opt_state, state.step + idx.shape[0], state.epoch + 1, key)
         return new_state, jnp.sum(losses) / n
 
-    return jax.jit(epoch, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(epoch, donate_argnums=0)
+    return jax.jit(epoch, donate_argnums=0, out_shardings=(shardings, parallel.replicated(mesh)))
 
 
 def make_gradient_check(
-    loss: Callable[..., Array], *, n: int, batch_size: int
+    loss: Callable[..., Array], *, n: int, batch_size: int, mesh: Mesh | None = None
 ) -> Callable[[nn.Params, Array, Array, Array], dict[str, Array]]:
     """A jitted ``check(params, x, y, key)``: engine vs ``jax.grad`` on the epoch's first batch.
 
@@ -142,7 +172,7 @@ def make_gradient_check(
     def check(params: nn.Params, x: Array, y: Array, key: Array) -> dict[str, Array]:
         _, order_key = jax.random.split(key)
         idx, mask = data.batch_indices(order_key, n, batch_size)
-        batch = (x[idx[0]], y[idx[0]], mask[0])
+        batch = _batch(mesh, x[idx[0]], y[idx[0]], mask[0])
         ours = engine.grad(loss)(params, *batch)
         ref = jax.grad(loss)(params, *batch)
         return {
@@ -154,20 +184,32 @@ def make_gradient_check(
 
 
 def make_evaluate(
-    cfg: config.ModelConfig, *, n: int, batch_size: int, num_classes: int | None
+    cfg: config.ModelConfig,
+    *,
+    n: int,
+    batch_size: int,
+    num_classes: int | None,
+    precision: str = "float32",
+    mesh: Mesh | None = None,
 ) -> Callable[[nn.Params, Array, Array], dict[str, Array]]:
     """A jitted ``evaluate(params, x, y)`` over ``n`` examples, in fixed-shape batches.
 
     Returns ``loss`` (mean per-example loss) and, for classification, ``accuracy`` and the
     ``confusion`` matrix (true class x predicted class, counts); for regression ``mse``
-    (mean over examples and outputs of ``(o - t)^2``).
+    (mean over examples and outputs of ``(o - t)^2``). With a ``mesh``, the batch (rounded up
+    to a multiple of the ``data`` axis; the padding is masked) is split over ``data``.
     """
     batch_size = min(batch_size, n)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.shape[parallel.DATA]) * mesh.shape[parallel.DATA]
+    dtype = compute_dtype(precision)
 
     def body(acc: dict[str, Array], batch: tuple[Array, Array], params, x, y) -> tuple:
         idx, mask = batch
-        out = nn.apply(params, x[idx], activation=cfg.activation, output="identity")
-        target = y[idx]
+        inputs, target, mask = _batch(mesh, x[idx], y[idx], mask)
+        out = nn.apply(
+            params, inputs, activation=cfg.activation, output="identity", compute_dtype=dtype
+        )
         if num_classes is not None:
             per_example = gates.softmax_cross_entropy(out, target)
             pred = jnp.argmax(out, axis=-1).astype(target.dtype)
@@ -240,11 +282,18 @@ def _run_dir(cfg: config.Config, source: Any, out: str | os.PathLike[str] | None
         return Path(out)
     stem = Path(source).stem if isinstance(source, str | os.PathLike) else cfg.data.name
     name = cfg.run.name or stem
-    return Path(cfg.run.out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.time()
+    if jax.process_count() > 1:  # every process must name the same directory: process 0's
+        from jax.experimental import multihost_utils
+
+        started = float(multihost_utils.broadcast_one_to_all(np.int32(started)))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    return Path(cfg.run.out_dir) / f"{name}-{stamp}"
 
 
 def _resumed_config(run_dir: Path, cfg: config.Config) -> config.Config:
-    """The saved config of ``run_dir``; the asked-for one may differ only in train.epochs/run."""
+    """The saved config of ``run_dir``; the asked-for one may differ only in train.epochs, the
+    device layout (parallel, distributed) and run."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         raise RunDirectoryError(
@@ -257,14 +306,18 @@ def _resumed_config(run_dir: Path, cfg: config.Config) -> config.Config:
         for section in ("model", "data", "optimizer", "train")
         for k, v in config.to_dict(getattr(cfg, section)).items()
         if v != config.to_dict(getattr(saved, section))[k] and k not in ignore
-    ]
+    ] + (["precision"] if cfg.precision != saved.precision else [])
     if diffs:
         raise config.ConfigError(
             f"--resume {run_dir}: the config differs from the run's saved config in "
-            f"{', '.join(diffs)}; resume with the same config (only train.epochs may change)."
+            f"{', '.join(diffs)}; resume with the same config (only train.epochs and the "
+            "parallel and distributed sections may change)."
         )
     return dataclasses.replace(
-        saved, train=dataclasses.replace(saved.train, epochs=cfg.train.epochs)
+        saved,
+        train=dataclasses.replace(saved.train, epochs=cfg.train.epochs),
+        parallel=cfg.parallel,
+        distributed=cfg.distributed,
     )
 
 
@@ -316,8 +369,11 @@ def fit(
       fmlp.config.ConfigError, fmlp.data.DataError, RunDirectoryError: bad input; nothing
         saved is touched.
       TrainingDiverged: the loss became non-finite; checkpoints up to the last good epoch stay.
+      fmlp.parallel.DistributedError: another process of a multi-process run died or cannot
+        be reached; checkpoints up to the last complete epoch stay.
     """
     cfg = config.resolve(source, overrides)
+    parallel.initialize(cfg.distributed)
     if resume is not None:
         run_dir = Path(resume)
         cfg = _resumed_config(run_dir, cfg)
@@ -334,15 +390,21 @@ def fit(
     steps_per_epoch = math.ceil(n / tc.batch_size)
     tx, schedule = make_optimizer(cfg.optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs)
     sizes = model_sizes(cfg, dataset)
+    mesh = parallel.make_mesh(cfg.parallel.data, cfg.parallel.model)
+    parallel.check_batch_size(tc.batch_size, mesh)
     state = init_state(cfg, sizes, tx)
+    shardings = parallel.state_shardings(mesh, state, tx)
+    main = parallel.is_main_process()
+    parallel.barrier("fmlp: run directory checked")  # before process 0 writes into it
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    config.save(cfg, run_dir / "config.yaml")
-    model_info = {"sizes": sizes, "num_classes": dataset.num_classes}
-    (run_dir / "model.json").write_text(json.dumps(model_info) + "\n")
-    if dataset.mean is not None:
-        np.savez(run_dir / "normalizer.npz", mean=dataset.mean, std=dataset.std)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plots").mkdir(exist_ok=True)
+        config.save(cfg, run_dir / "config.yaml")
+        model_info = {"sizes": sizes, "num_classes": dataset.num_classes}
+        (run_dir / "model.json").write_text(json.dumps(model_info) + "\n")
+        if dataset.mean is not None:
+            np.savez(run_dir / "normalizer.npz", mean=dataset.mean, std=dataset.std)
     classification = dataset.num_classes is not None
     ckpt = checkpoint.Checkpointer(
         run_dir, keep=tc.keep_checkpoints, best_mode="min" if not classification else "max"
@@ -352,29 +414,36 @@ def fit(
     if resume is not None and ckpt.latest_epoch() is not None:
         state, _ = ckpt.restore(state)
         history = _read_history(metrics_path, int(state.epoch))
-    _write_jsonl(metrics_path, history)
+    if main:
+        _write_jsonl(metrics_path, history)
 
-    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    state = parallel.put(state, shardings)
+    everywhere = parallel.replicated(mesh)
+    x, y = parallel.put((dataset.x_train, dataset.y_train), everywhere)
     has_val = len(dataset.x_val) > 0
     split = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_train, dataset.y_train)
-    xv, yv = jnp.asarray(split[0]), jnp.asarray(split[1])
-    eval_kwargs = dict(batch_size=tc.eval_batch_size, num_classes=dataset.num_classes)
+    xv, yv = parallel.put(split, everywhere)
+    loss = loss_fn(cfg.model, cfg.precision)
     t0 = time.perf_counter()
     train_epoch = make_train_epoch(
-        loss_fn(cfg.model), tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients
-    )
+        loss, tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients, mesh=mesh,
+        shardings=shardings,
+    )  # fmt: skip
     train_epoch = train_epoch.lower(state, x, y).compile()
-    evaluate_val = make_evaluate(cfg.model, n=len(xv), **eval_kwargs)
+    evaluate_val = make_evaluate(
+        cfg.model, n=len(xv), batch_size=tc.eval_batch_size, num_classes=dataset.num_classes,
+        precision=cfg.precision, mesh=mesh,
+    )  # fmt: skip
     evaluate_val = evaluate_val.lower(state.params, xv, yv).compile()
     check_every = tc.check_gradients_every
     if check_every is not None:
-        check_gradients = make_gradient_check(loss_fn(cfg.model), n=n, batch_size=tc.batch_size)
+        check_gradients = make_gradient_check(loss, n=n, batch_size=tc.batch_size, mesh=mesh)
         check_gradients = check_gradients.lower(state.params, x, y, state.key).compile()
     compile_seconds = time.perf_counter() - t0
 
     metric_name = "accuracy" if classification else "mse"
     train_seconds, epochs_run = 0.0, 0
-    bar = _progress(cfg.run, tc.epochs, int(state.epoch))
+    bar = _progress(cfg.run, tc.epochs if main else 0, int(state.epoch))
     try:
         for epoch in range(int(state.epoch) + 1, tc.epochs + 1):
             start = time.perf_counter()
@@ -382,7 +451,7 @@ def fit(
             val = evaluate_val(state.params, xv, yv)
             if check_every is not None and epoch % check_every == 0:
                 val["gradient_check"] = check_gradients(state.params, x, y, state.key)
-            host = jax.device_get({"train_loss": train_loss, **val})  # one sync per epoch
+            host = parallel.fetch({"train_loss": train_loss, **val})  # one sync per epoch
             seconds = time.perf_counter() - start
             train_seconds += seconds
             epochs_run += 1
@@ -410,8 +479,9 @@ def fit(
             history.append(_floats(row) | {"epoch": epoch})
             if "gradient_check" in host:
                 history[-1]["gradient_check"] = _floats(host["gradient_check"])
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(history[-1]) + "\n")
+            if main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(history[-1]) + "\n")
             _check_parity(history[-1].get("gradient_check"), tc.gradient_tolerance, epoch)
             if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
                 ckpt.save(epoch, state, {"epoch": epoch}, host[metric_name])
@@ -419,11 +489,25 @@ def fit(
             bar.set_postfix_str(
                 f"loss {host['train_loss']:.4f} val_{metric_name} {host[metric_name]:.4f}"
             )
+    except (jax.errors.JaxRuntimeError, ValueError) as err:  # XLA's collectives raise either
+        if jax.process_count() == 1:
+            raise
+        last = ckpt.latest_epoch()
+        raise parallel.DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()} failed in epoch {epoch}, "
+            f"most likely because another process died or the network failed: {err}. "
+            + (
+                f"The last complete checkpoint (epoch {last}) is kept in {run_dir}; restart "
+                f"every process with --resume {run_dir}."
+                if last is not None
+                else "No checkpoint had been written yet."
+            )
+        ) from err
     finally:
         bar.close()
         ckpt.close()
 
-    test = evaluate_split(cfg, dataset, state.params, "test")
+    test = evaluate_split(cfg, dataset, state.params, "test", mesh=mesh)
     summary = {
         "test_loss": test["loss"],
         f"test_{metric_name}": test[metric_name],
@@ -433,15 +517,19 @@ def fit(
         "train_seconds": train_seconds,
         "device": str(jax.devices()[0].device_kind),
         "platform": jax.devices()[0].platform,
+        "devices": mesh.size,
+        "processes": jax.process_count(),
+        "precision": cfg.precision,
         "fmlp_version": _version(),
         "run_dir": str(run_dir),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    viz.training_curves(history, run_dir / "plots", metric=metric_name)
-    if classification:
-        viz.confusion_matrix(
-            np.asarray(test["confusion"]), run_dir / "plots" / "confusion_test.png"
-        )
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        viz.training_curves(history, run_dir / "plots", metric=metric_name)
+        if classification:
+            viz.confusion_matrix(
+                np.asarray(test["confusion"]), run_dir / "plots" / "confusion_test.png"
+            )
     return state, {"epochs": history, "summary": summary, "run_dir": str(run_dir)}
 
 
@@ -463,9 +551,17 @@ def _version() -> str:
 
 
 def evaluate_split(
-    cfg: config.Config, dataset: data.Dataset, params: nn.Params, split: str
+    cfg: config.Config,
+    dataset: data.Dataset,
+    params: nn.Params,
+    split: str,
+    *,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
-    """Loss and accuracy/confusion (classification) or MSE (regression) on one split."""
+    """Loss and accuracy/confusion (classification) or MSE (regression) on one split.
+
+    ``params`` on a ``mesh`` (as :func:`fit` leaves them) are evaluated there.
+    """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be one of train, val, test; got {split!r}.")
     x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
@@ -476,9 +572,12 @@ def evaluate_split(
         num_features=int(params[0]["W"].shape[0]), name=split,
     )  # fmt: skip
     evaluate = make_evaluate(
-        cfg.model, n=len(x), batch_size=cfg.train.eval_batch_size, num_classes=dataset.num_classes
-    )
-    result = jax.device_get(evaluate(params, jnp.asarray(x), jnp.asarray(y)))
+        cfg.model, n=len(x), batch_size=cfg.train.eval_batch_size,
+        num_classes=dataset.num_classes, precision=cfg.precision, mesh=mesh,
+    )  # fmt: skip
+    if mesh is not None:
+        x, y = parallel.put((x, y), parallel.replicated(mesh))
+    result = parallel.fetch(evaluate(params, jnp.asarray(x), jnp.asarray(y)))
     return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v)) for k, v in result.items()}
 
 
@@ -516,8 +615,11 @@ def load(
     stats = run_dir / "normalizer.npz"
     mean, std = (np.load(stats)[k] for k in ("mean", "std")) if stats.exists() else (0.0, 1.0)
     n_features = int(params[0]["W"].shape[0])
+    dtype = compute_dtype(cfg.precision)
     forward = jax.jit(
-        lambda p, x: nn.apply(p, x, activation=cfg.model.activation, output=cfg.model.output)
+        lambda p, x: nn.apply(
+            p, x, activation=cfg.model.activation, output=cfg.model.output, compute_dtype=dtype
+        )
     )
 
     def predict(x: Any) -> Array:

@@ -90,6 +90,10 @@ BAD_INPUT = {
         ["train", CLASSIFICATION, "train.epochs=two", "--out", "{new}"],
         ["train.epochs", "integer", "two"],
     ),
+    "override after --out": (
+        ["train", CLASSIFICATION, "--out", "{new}", "train.epochs=0"],
+        ["train.epochs", ">= 1", "0"],
+    ),
     "unknown config file": (
         ["train", "configs/no_such_config.yaml", "--out", "{new}"],
         ["no_such_config.yaml", "not found"],

@@ -1,0 +1,193 @@
+"""Scale-out on JAX's own runtime: a device mesh, sharded batches, several hosts.
+
+The devices form a :class:`jax.sharding.Mesh` with a ``data`` axis and a ``model`` axis.
+Each mini-batch is split along ``data``; params and optimizer state are replicated, except
+that with ``model`` > 1 every layer whose width divides by it keeps only its share of the
+columns of ``W`` (and of ``b``) on each device. Given those shardings, ``jax.jit`` partitions
+the whole epoch (its ``lax.scan`` included) with XLA SPMD and inserts the gradient all-reduce
+itself: there is no pmap and no hand-written collective here.
+
+Several hosts join through :func:`jax.distributed.initialize` (:func:`initialize`); the mesh
+then spans every process's devices and each process runs the same program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from fmlp import config
+
+DATA, MODEL = "data", "model"
+PyTree = Any
+
+
+class DistributedError(RuntimeError):
+    """Another process of a multi-process run failed or cannot be reached."""
+
+
+def initialize(cfg: config.DistributedConfig) -> bool:
+    """Join the multi-process run ``cfg`` describes; return whether this is one.
+
+    Must run before any JAX computation in the process. A single-process config (the
+    default) does nothing; calling it again once joined does nothing either.
+
+    Raises:
+      DistributedError: the coordinator cannot be reached or the cluster's environment does
+        not say enough, within ``distributed.initialization_timeout`` seconds.
+    """
+    if not cfg.enabled:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over TCP
+    try:
+        jax.distributed.initialize(
+            cfg.coordinator_address,
+            cfg.num_processes,
+            cfg.process_id,
+            cluster_detection_method=None if cfg.from_environment else "deactivate",
+            initialization_timeout=cfg.initialization_timeout,
+            heartbeat_timeout_seconds=cfg.heartbeat_timeout,
+        )
+    except (RuntimeError, ValueError) as err:
+        raise DistributedError(
+            f"could not join the multi-process run (distributed.coordinator_address="
+            f"{cfg.coordinator_address}, distributed.num_processes={cfg.num_processes}, "
+            f"distributed.process_id={cfg.process_id}): {err}. Start every process with the "
+            "same coordinator address and process count and its own process id, or set "
+            "distributed.from_environment=true on a cluster that sets them."
+        ) from err
+    return True
+
+
+def make_mesh(data: int | None = None, model: int = 1) -> Mesh:
+    """A ``(data, model)`` mesh over the first ``data * model`` devices of all processes.
+
+    ``data`` None takes every device not used by ``model``.
+
+    Raises:
+      fmlp.config.ConfigError: the sizes ask for more devices than there are, or (several
+        processes) for fewer than all of them.
+    """
+    devices = jax.devices()
+    if data is None:
+        data = max(1, len(devices) // model)
+    if data * model > len(devices):
+        raise config.ConfigError(
+            f"parallel.data={data} x parallel.model={model} needs {data * model} devices, but "
+            f"{len(devices)} are visible ({devices[0].platform}); lower parallel.data or "
+            "parallel.model, or leave parallel.data null to use every device"
+        )
+    if jax.process_count() > 1 and data * model != len(devices):
+        raise config.ConfigError(
+            f"parallel.data={data} x parallel.model={model} uses {data * model} of the "
+            f"{len(devices)} devices of {jax.process_count()} processes; a multi-process run "
+            "must use them all (leave parallel.data null)"
+        )
+    return jax.make_mesh(
+        (data, model), (DATA, MODEL), (AxisType.Auto, AxisType.Auto),
+        devices=devices[: data * model],
+    )  # fmt: skip
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size") -> None:
+    """Raise :class:`~fmlp.config.ConfigError` unless the global batch splits evenly on ``data``."""
+    shards = mesh.shape[DATA]
+    if batch_size % shards:
+        lower, upper = batch_size - batch_size % shards, batch_size + shards - batch_size % shards
+        raise config.ConfigError(
+            f"{key}={batch_size} does not divide by the {shards} devices of the data axis "
+            f"(parallel.data={shards}); choose a multiple of {shards}, e.g. {key}="
+            f"{lower or upper} or {upper}, or change parallel.data"
+        )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays whose leading (example) axis is split over ``data``."""
+    return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A whole copy on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def param_shardings(mesh: Mesh, params: PyTree) -> PyTree:
+    """Per-leaf shardings for MLP params: replicated, or columns over ``model`` when wide.
+
+    A layer ``{"W": (in, out), "b": (out,)}`` is split along ``out`` when the ``model`` axis has
+    more than one device and divides ``out``; any other leaf is replicated.
+    """
+    shards = mesh.shape[MODEL]
+
+    def layer(layer: dict[str, Any]) -> dict[str, NamedSharding]:
+        out = np.shape(layer["W"])[-1]
+        if shards > 1 and out % shards == 0:
+            return {
+                "W": NamedSharding(mesh, PartitionSpec(None, MODEL)),
+                "b": NamedSharding(mesh, PartitionSpec(MODEL)),
+            }
+        return {name: replicated(mesh) for name in layer}
+
+    return [layer(lay) for lay in params]
+
+
+def state_shardings(mesh: Mesh, state: PyTree, tx: optax.GradientTransformation) -> PyTree:
+    """Shardings for a :class:`fmlp.train.TrainState`: optimizer moments follow their params."""
+    params = param_shardings(mesh, state.params)
+    opt_state = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        state.opt_state,
+        params,
+        transform_non_params=lambda _: replicated(mesh),
+    )
+    rest = {name: replicated(mesh) for name in ("step", "epoch", "key")}
+    return state._replace(params=params, opt_state=opt_state, **rest)
+
+
+def put(tree: PyTree, shardings: PyTree | NamedSharding) -> PyTree:
+    """Place host (or single-device) values on the mesh as global arrays.
+
+    Every process must pass the same values; each supplies only its own devices' shards, so
+    this also works when the mesh spans several hosts.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if isinstance(shardings, NamedSharding):
+        targets: Sequence[NamedSharding] = [shardings] * len(leaves)
+    else:
+        targets = treedef.flatten_up_to(shardings)
+
+    def place(value: Any, sharding: NamedSharding) -> jax.Array:
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return treedef.unflatten([place(v, s) for v, s in zip(leaves, targets)])
+
+
+def fetch(tree: PyTree) -> PyTree:
+    """Whole host (numpy) copies of global arrays, gathered from every process's shards."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name`` (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (process 0)."""
+    return jax.process_index() == 0
