@@ -178,7 +178,8 @@ def test_unknown_key_in_mapping_lists_known_keys():
 def test_unknown_section_in_mapping():
     with pytest.raises(ConfigError, match=r"unknown section 'modle' \(did you mean model\?\)"):
         from_dict({"modle": {}})
-    with pytest.raises(ConfigError, match=r"known sections: model, data, optimizer, train, precision, parallel, distributed, run"):
+    known = r"known sections: model, data, optimizer, train, precision, parallel, distributed, run"
+    with pytest.raises(ConfigError, match=known):
         from_dict({"extra": {}})
 
 
