@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The prepared GPU run for a session that is lent a device (about 8 minutes on an H100).
+#
+# Here, once:   mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
+#               echo /.fmnist/ >> .git/info/exclude
+# Then one device call:  run(command="bash scripts/gpu_checks.sh", carry=[".fmnist"],
+#                            timeout_s=600)
+# The device image has jax (CUDA), flax, equinox, optax, orbax, torch and scikit-learn; fmlp
+# runs from the working tree. Results land in $OUT (the device tool brings them back); copy
+# them into benchmarks/ and quote them in benchmarks/RESULTS.md with the card's name.
+set -euo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu_checks}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+
+# Issue 4: peers side by side (includes the 8192-wide bf16 case on GPU), and time to 89.5%.
+timeout 330 python3 scripts/bench.py --data-path .fmnist --sweep '' --epochs 3 --rounds 3 \
+  --only fmlp,fmlp-jax,jax-step,nnx,equinox,torch \
+  --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+timeout 90 python3 scripts/bench.py --data-path .fmnist --time-to-accuracy 0.895 --rounds 1 \
+  --only fmlp,jax-step,torch --out "$OUT/bench_gpu_tta.json" 2>&1 | tail -n 12
+
+# Issue 5: float32 vs bfloat16 throughput and peak memory, small and wide model.
+timeout 120 python3 scripts/bench_precision.py --data-path .fmnist \
+  --out "$OUT/precision_gpu.json" 2>&1 | tee "$OUT/precision_gpu.log"
