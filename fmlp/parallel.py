@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from fmlp import config
@@ -175,17 +176,20 @@ def fetch(tree: PyTree) -> PyTree:
     """Whole host (numpy) copies of global arrays, gathered from every process's shards."""
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, jax.device_get(tree))
-    from jax.experimental import multihost_utils
-
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
 def barrier(name: str) -> None:
     """Wait until every process reaches the barrier ``name`` (no-op for one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
+
+
+def from_main_process(value: Any) -> Any:
+    """Process 0's ``value`` (a host scalar or array) on every process; as is for one process."""
+    if jax.process_count() == 1:
+        return value
+    return multihost_utils.broadcast_one_to_all(value)
 
 
 def is_main_process() -> bool:

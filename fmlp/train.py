@@ -282,11 +282,8 @@ def _run_dir(cfg: config.Config, source: Any, out: str | os.PathLike[str] | None
         return Path(out)
     stem = Path(source).stem if isinstance(source, str | os.PathLike) else cfg.data.name
     name = cfg.run.name or stem
-    started = time.time()
-    if jax.process_count() > 1:  # every process must name the same directory: process 0's
-        from jax.experimental import multihost_utils
-
-        started = float(multihost_utils.broadcast_one_to_all(np.int32(started)))
+    # Every process must name the same directory: process 0's.
+    started = float(parallel.from_main_process(np.int32(time.time())))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     return Path(cfg.run.out_dir) / f"{name}-{stamp}"
 
@@ -338,6 +335,7 @@ def _progress(cfg: config.RunConfig, total: int, initial: int) -> Any:
     from tqdm.auto import tqdm  # here: only runs that show progress pay for the import
 
     show = {"always": True, "never": False, "auto": sys.stderr.isatty()}[cfg.progress]
+    show = show and parallel.is_main_process()  # one bar per run, not one per host
     return tqdm(total=total, initial=initial, disable=not show, unit="epoch", desc="train")
 
 
@@ -443,7 +441,7 @@ def fit(
 
     metric_name = "accuracy" if classification else "mse"
     train_seconds, epochs_run = 0.0, 0
-    bar = _progress(cfg.run, tc.epochs if main else 0, int(state.epoch))
+    bar = _progress(cfg.run, tc.epochs, int(state.epoch))
     try:
         for epoch in range(int(state.epoch) + 1, tc.epochs + 1):
             start = time.perf_counter()
