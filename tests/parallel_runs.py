@@ -26,6 +26,11 @@ BASE = [
 CONFIG = "configs/lecture_classification.yaml"
 
 
+def leaves(params: fmlp.nn.Params) -> dict:
+    """``{"0W": W of layer 0, "0b": ..., "1W": ...}``: one flat dict of the params' arrays."""
+    return {f"{i}{k}": v for i, layer in enumerate(params) for k, v in layer.items()}
+
+
 def run(out: Path, name: str, *overrides: str, resume: str | None = None) -> None:
     """Train (or resume) with the base overrides plus ``overrides``; save params and summary."""
     target = out / f"run-{name}"
@@ -37,7 +42,6 @@ def run(out: Path, name: str, *overrides: str, resume: str | None = None) -> Non
         out=None if resume else target,
         resume=target if resume else None,
     )
-    leaves = lambda params: {f"{i}{k}": v for i, lay in enumerate(params) for k, v in lay.items()}
     np.savez(out / f"{name}.npz", **leaves(fmlp.parallel.fetch(state.params)))
     specs = {name: str(v.sharding.spec) for name, v in leaves(state.params).items()}
     (out / f"{name}.json").write_text(json.dumps(history["summary"] | {"specs": specs}))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from parallel_runs import BASE, CONFIG
+from parallel_runs import BASE, CONFIG, leaves
 
 import fmlp
 from fmlp import config, gates, parallel
@@ -35,14 +35,10 @@ TOLERANCE = 1e-5
 def assert_same_params(params: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
     assert params.keys() == ref.keys()
     for name, want in ref.items():
-        got = params[name]
+        got = np.asarray(params[name])
         assert got.shape == want.shape and got.dtype == want.dtype == np.float32, name
         err = np.max(np.abs(got - want)) / np.max(np.abs(want))
         assert err <= TOLERANCE, f"{name}: relative difference {err:.2e}"
-
-
-def leaves(params: fmlp.nn.Params) -> dict[str, np.ndarray]:
-    return {f"{i}{k}": np.asarray(v) for i, layer in enumerate(params) for k, v in layer.items()}
 
 
 @pytest.fixture(scope="module")
