@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,12 @@ def measure(case: str, precision: str, epochs: int, data_path: str | None) -> di
     import bench  # scripts/bench.py, importable once scripts/ is on the path
     import jax
 
-    out = ROOT / "benchmarks" / ".precision-scratch.json"
-    report = bench.main(
-        ["--sizes", f"{case}:{precision}", "--sweep", "", "--only", "fmlp", "--epochs",
-         str(epochs), "--rounds", "1", "--out", str(out)]
-        + (["--data-path", data_path] if data_path else [])
-    )  # fmt: skip
-    out.unlink()
+    with tempfile.TemporaryDirectory() as scratch:  # bench.main writes a JSON; ours is below
+        report = bench.main(
+            ["--sizes", f"{case}:{precision}", "--sweep", "", "--only", "fmlp", "--epochs",
+             str(epochs), "--rounds", "1", "--out", f"{scratch}/bench.json"]
+            + (["--data-path", data_path] if data_path else [])
+        )  # fmt: skip
     stats = jax.devices()[0].memory_stats() or {}
     (row,) = report["results"]
     return row | {"peak_bytes_in_use": stats.get("peak_bytes_in_use"), "meta": report["meta"]}
