@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The prepared GPU run for a session that is lent a device (about 8 minutes on an H100).
+# The prepared GPU run for a session that is lent a device. Not run yet; its timeouts
+# (330 + 90 + 120 s) keep it inside one 10-minute device call.
 #
 # Here, once:   mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
 #               echo /.fmnist/ >> .git/info/exclude
