@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmlp import config, data, gates, nn, parallel, testing, train, viz
+from fmlp import bench, config, data, gates, nn, parallel, testing, train, viz
 
 BAD_INPUT = (
     config.ConfigError,
@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype", choices=("float32", "float64", "both"), default="both", help="sample dtype"
+    )
+    sub.add_parser(
+        "bench",
+        add_help=False,  # every argument, --help too, is fmlp.bench's
+        help="train side by side with JAX, Flax NNX, Equinox, PyTorch and scikit-learn "
+        "(fmlp bench --help)",
     )
     return parser
 
@@ -144,6 +150,10 @@ def _model_graph(
     return viz.graph(loss, params, x, t, max_elements=max_elements)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    bench.main(args.bench_args)
+
+
 def _import_gates(spec: str) -> None:
     """Import a module by name, or a ``.py`` file by path, so that its gates register."""
     if spec.endswith(".py"):
@@ -179,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args, extra = extra, []
     # Overrides may also follow an option (``fmlp train C --out D a.b=1``), which argparse
     # leaves over; anything else left over is an error as usual.
     if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
@@ -186,7 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        commands = {"train": _train, "eval": _eval, "graph": _graph, "gradcheck": _gradcheck}
+        commands = {
+            "train": _train, "eval": _eval, "graph": _graph, "gradcheck": _gradcheck,
+            "bench": _bench,
+        }  # fmt: skip
         status = commands[args.command](args)
     except BAD_INPUT as e:
         print(f"fmlp {args.command}: error: {e}", file=sys.stderr)

@@ -5,7 +5,7 @@ Usage: python scripts/bench_precision.py [--cases 784-256-256-10:128,...] [--epo
 
 Each (case, precision) trains in a process of its own, so the device's peak-memory counter
 (``memory_stats()["peak_bytes_in_use"]``, GPU/TPU only; null on CPU) belongs to that run
-alone. The training path and the timing are scripts/bench.py's ``fmlp`` contestant on real
+alone. The training path and the timing are ``fmlp bench``'s ``fmlp`` contestant on real
 Fashion-MNIST; ``bfloat16`` is ``precision: bfloat16`` (bf16 layers, float32 params, loss
 and softmax).
 """
@@ -25,10 +25,10 @@ CASES = ("784-256-256-10:128", "784-8192-8192-8192-10:8192")
 
 
 def measure(case: str, precision: str, epochs: int, data_path: str | None) -> dict[str, Any]:
-    """One case in this process: scripts/bench.py's throughput row plus the peak memory."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench  # scripts/bench.py, importable once scripts/ is on the path
+    """One case in this process: ``fmlp bench``'s throughput row plus the peak memory."""
     import jax
+
+    from fmlp import bench
 
     with tempfile.TemporaryDirectory() as scratch:  # bench.main writes a JSON; ours is below
         report = bench.main(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up fmlp on a fresh Debian/Ubuntu machine: the Fashion-MNIST package, Graphviz (to
 # render computation graphs) and a virtualenv in .venv with fmlp, its dev tools and the peers
-# scripts/bench.py compares it with (flax, equinox, the CPU build of torch 2.13.0, sklearn).
+# fmlp bench compares it with (flax, equinox, the CPU build of torch 2.13.0, sklearn).
 # Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

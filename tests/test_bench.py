@@ -1,8 +1,8 @@
-"""scripts/bench.py: every contestant does fmlp's arithmetic, and the report has its fields."""
+"""fmlp bench: every contestant does fmlp's arithmetic, and the report has its fields."""
 
 import functools
-import importlib.util
 import json
+import runpy
 import sys
 from pathlib import Path
 
@@ -10,21 +10,13 @@ import numpy as np
 import optax
 import pytest
 
+from fmlp import bench, cli
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (784, 16, 16, 10)  # as in the report tests below: jitted fmlp.nn.init compiles once
 N, BATCH = 200, 32  # 7 batches, the last one 8 real examples and 24 masked out
 STEPS = -(-N // BATCH)
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("fmlp_bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 PEER_MODULES = {
     "fmlp-jax": None,
@@ -162,11 +154,11 @@ def test_report_fields_and_table(fashion, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     argv = ["--data-path", str(fashion), "--sizes", "784-16-16-10:32", "--epochs", "2"]
     argv += ["--rounds", "2", "--only", "fmlp,jax-step,torch", "--matmul-size", "64"]
-    bench.main([*argv, "--out", str(out)])
+    assert cli.main(["bench", *argv, "--out", str(out)]) == 0
 
     report = json.loads(out.read_text())
     meta = report["meta"]
-    assert meta["command"] == "scripts/bench.py " + " ".join([*argv, "--out", str(out)])
+    assert meta["command"] == "fmlp bench " + " ".join([*argv, "--out", str(out)])
     assert {"date", "cpu", "cpu_count", "backend", "device"} <= set(meta)
     assert {"jax", "optax", "flax", "equinox", "torch", "scikit-learn"} <= set(meta["versions"])
     assert report["matmul"]["float32"]["gflops"] > 0
@@ -203,3 +195,34 @@ def test_time_to_accuracy_report(fashion, tmp_path, capsys):
         assert row["seconds_to_target"]["median"] > 0
     assert fmlp["test_accuracy"] == jax_step["test_accuracy"]
     assert "| " + " | ".join(bench.TTA_COLUMNS) + " |" in capsys.readouterr().out
+
+
+def test_the_script_is_the_cli_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["scripts/bench.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts" / "bench.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: fmlp bench ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "fmlp,jaxx"], "--only: unknown contestants ['jaxx']"),
+        (["--epochs", "1", "--rounds", "1"], "--epochs x --rounds must be at least 2"),
+    ],
+)
+def test_bad_arguments_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_time_to_accuracy_rejects_a_model_it_cannot_mirror(fashion, tmp_path, capsys):
+    argv = ["bench", "--time-to-accuracy", "0.5", "--data-path", str(fashion)]
+    argv += ["--override", "model.activation=tanh", "--out", str(tmp_path / "tta.json")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fmlp bench: error: --time-to-accuracy needs model.activation=relu" in err
+    assert "tanh" in err and not (tmp_path / "tta.json").exists()
