@@ -145,6 +145,7 @@ class TrainConfig(_Section):
     batch_size: int = _field(128, min=1)  # the lecture's mini-batch of 128
     seed: int = _field(0)
     gradients: str = _field("engine", choices=("engine", "jax"))
+    unroll: int = _field(1, min=1)  # mini-batch steps per iteration of the epoch's loop
     checkpoint_every: int = _field(1, min=1)
     keep_checkpoints: int = _field(2, min=1)
     eval_batch_size: int = _field(1024, min=1)

@@ -124,13 +124,16 @@ def make_train_epoch(
     n: int,
     batch_size: int,
     gradients: str = "engine",
+    unroll: int = 1,
     mesh: Mesh | None = None,
     shardings: TrainState | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
     """A jitted ``epoch(state, x, y) -> (state, mean train loss)`` over ``n`` examples.
 
     ``gradients`` picks the backend: ``engine`` (fmlp's hand-written VJPs) or ``jax``
-    (``jax.value_and_grad``, the oracle); everything else is the same program. With a
+    (``jax.value_and_grad``, the oracle); everything else is the same program. ``unroll``
+    mini-batch steps run per iteration of the compiled loop (``lax.scan``'s ``unroll``):
+    fewer loop iterations for small models, at the price of a longer compile. With a
     ``mesh``, each mini-batch is split over its ``data`` axis and the new state keeps
     ``shardings`` (from :func:`fmlp.parallel.state_shardings`).
     """
@@ -149,7 +152,7 @@ def make_train_epoch(
         key, order_key = jax.random.split(state.key)
         idx, mask = data.batch_indices(order_key, n, batch_size)
         (params, opt_state, _, _), losses = jax.lax.scan(
-            step, (state.params, state.opt_state, x, y), (idx, mask)
+            step, (state.params, state.opt_state, x, y), (idx, mask), unroll=unroll
         )
         new_state = TrainState(params, opt_state, state.step + idx.shape[0], state.epoch + 1, key)
         return new_state, jnp.sum(losses) / n
@@ -289,15 +292,15 @@ def _run_dir(cfg: config.Config, source: Any, out: str | os.PathLike[str] | None
 
 
 def _resumed_config(run_dir: Path, cfg: config.Config) -> config.Config:
-    """The saved config of ``run_dir``; the asked-for one may differ only in train.epochs, the
-    device layout (parallel, distributed) and run."""
+    """The saved config of ``run_dir``; the asked-for one may differ only in train.epochs,
+    train.unroll, the device layout (parallel, distributed) and run."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         raise RunDirectoryError(
             f"--resume {run_dir}: no config.yaml there, so it is not an fmlp run directory."
         )
     saved = config.load(saved_path)
-    ignore = {"epochs"}
+    ignore = {"epochs", "unroll"}
     diffs = [
         f"{section}.{k}"
         for section in ("model", "data", "optimizer", "train")
@@ -307,12 +310,12 @@ def _resumed_config(run_dir: Path, cfg: config.Config) -> config.Config:
     if diffs:
         raise config.ConfigError(
             f"--resume {run_dir}: the config differs from the run's saved config in "
-            f"{', '.join(diffs)}; resume with the same config (only train.epochs and the "
-            "parallel and distributed sections may change)."
+            f"{', '.join(diffs)}; resume with the same config (only train.epochs, "
+            "train.unroll and the parallel and distributed sections may change)."
         )
     return dataclasses.replace(
         saved,
-        train=dataclasses.replace(saved.train, epochs=cfg.train.epochs),
+        train=dataclasses.replace(saved.train, epochs=cfg.train.epochs, unroll=cfg.train.unroll),
         parallel=cfg.parallel,
         distributed=cfg.distributed,
     )
@@ -424,8 +427,8 @@ def fit(
     loss = loss_fn(cfg.model, cfg.precision)
     t0 = time.perf_counter()
     train_epoch = make_train_epoch(
-        loss, tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients, mesh=mesh,
-        shardings=shardings,
+        loss, tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients, unroll=tc.unroll,
+        mesh=mesh, shardings=shardings,
     )  # fmt: skip
     train_epoch = train_epoch.lower(state, x, y).compile()
     evaluate_val = make_evaluate(

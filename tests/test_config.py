@@ -215,6 +215,7 @@ def test_wrong_type(override, match):
         ("optimizer.decay_rate=0", r"optimizer\.decay_rate: expected a number in \(0, 1\]"),
         ("optimizer.clip_norm=0", r"optimizer\.clip_norm: expected a number > 0"),
         ("train.epochs=0", r"train\.epochs: expected an integer >= 1, got 0"),
+        ("train.unroll=0", r"train\.unroll: expected an integer >= 1, got 0"),
         ("data.synthetic_examples=5", r"data\.synthetic_examples: expected an integer >= 10"),
         ("model.hidden=[8, 0]", r"model\.hidden\[1\]: expected an integer >= 1, got 0"),
     ],

@@ -186,12 +186,14 @@ SMALL = (CLASSIFICATION, "train.epochs=3", "train.checkpoint_every=100")
 
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory) -> dict[str, Run]:
-    """Three epochs of lecture_classification: twice alike, another seed, the jax backend."""
+    """Three epochs of lecture_classification: twice alike, another seed, the jax backend, and
+    the epoch's loop unrolled."""
     variants = {
         "a": (),
         "b": (),
         "seed1": ("train.seed=1",),
         "jax": ("train.gradients=jax",),
+        "unroll": ("train.unroll=5",),  # 12 steps an epoch: two unrolled iterations and a rest
     }
     return {
         key: fit_run(tmp_path_factory, *SMALL, *extra, name=f"small-{key}")
@@ -303,6 +305,11 @@ def test_same_config_and_seed_give_bitwise_identical_params(small_runs):
     a = [{k: v for k, v in r.items() if k != "seconds"} for r in small_runs["a"].history["epochs"]]
     b = [{k: v for k, v in r.items() if k != "seconds"} for r in small_runs["b"].history["epochs"]]
     assert a == b
+
+
+def test_an_unrolled_epoch_computes_the_same_params(small_runs):
+    assert small_runs["unroll"].cfg.train.unroll == 5
+    assert_params_equal(small_runs["a"].state.params, small_runs["unroll"].state.params)
 
 
 def test_different_seed_gives_different_params(small_runs):
@@ -636,6 +643,13 @@ def test_resume_of_a_directory_without_a_run_is_refused(tmp_path):
     with pytest.raises(RunDirectoryError, match=r"config\.yaml"):
         fmlp.fit(CLASSIFICATION, resume=tmp_path)
     assert snapshot(tmp_path) == before
+
+
+def test_resume_may_change_the_unroll(cls_run: Run):
+    asked = dataclasses.replace(cls_run.cfg, train=dataclasses.replace(cls_run.cfg.train, unroll=4))
+    resumed = train._resumed_config(cls_run.dir, asked)
+    assert resumed.train.unroll == 4
+    assert resumed == dataclasses.replace(asked, run=resumed.run)
 
 
 def test_resume_with_a_changed_model_is_refused_untouched(cls_run: Run):
