@@ -151,7 +151,8 @@ class Problem:
     ``x`` (n, features) float32 standardized, ``y`` (n,) int32; the same for ``x_test`` and
     ``y_test``. ``orders[e]`` is epoch ``e``'s ``(idx, mask)``, both (steps, batch): example
     indices and 1.0/0.0 weights (0.0 marks the padding of the last batch), exactly what
-    fmlp's epoch draws from its state's ``key``.
+    fmlp's epoch draws from its state's ``key``. ``unroll`` is fmlp's alone: mini-batch steps
+    per iteration of its compiled loop (``train.unroll``); the peers loop in Python.
     """
 
     x: np.ndarray
@@ -165,6 +166,7 @@ class Problem:
     orders: tuple[tuple[np.ndarray, np.ndarray], ...]
     optim: Optim
     dtype: str = "float32"  # compute dtype; params stay float32
+    unroll: int = 1
 
     @property
     def n(self) -> int:
@@ -197,6 +199,7 @@ def make_problem(
     params: NumpyParams,
     key: np.ndarray,
     dtype: str = "float32",
+    unroll: int = 1,
 ) -> Problem:
     """A :class:`Problem` with the batches of ``epochs`` epochs drawn as fmlp's epoch does."""
     if not batch_size <= len(x):
@@ -210,7 +213,7 @@ def make_problem(
         orders.append((np.array(idx), np.array(mask)))  # copies: writable, as torch wants
     return Problem(
         x, y, x_test, y_test, tuple(sizes), batch_size, params, np.asarray(key), tuple(orders),
-        optim, dtype,
+        optim, dtype, unroll,
     )  # fmt: skip
 
 
@@ -304,6 +307,7 @@ def fmlp_trainer(problem: Problem, *, gradients: str = "engine") -> Trainer:
         n=problem.n,
         batch_size=problem.batch_size,
         gradients=gradients,
+        unroll=problem.unroll,
     )
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
 
@@ -883,6 +887,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    p.add_argument(
+        "--unroll",
+        type=int,
+        default=1,
+        help="fmlp's steps per iteration of its compiled epoch loop (default 1; "
+        "--time-to-accuracy takes the config's train.unroll)",
+    )
     p.add_argument("--data-path", help="directory of the Fashion-MNIST IDX files")
     p.add_argument("--matmul-size", type=int, help="n of the n x n matmul (default 2048, GPU 8192)")
     p.add_argument("--out", help="JSON path (default benchmarks/bench_<backend>[_tta].json)")
@@ -930,12 +941,12 @@ def _run_throughput(args: argparse.Namespace, names: list[str], gpu: bool) -> di
             ds.x_train, ds.y_train, ds.x_test, ds.y_test,
             sizes=case.sizes, batch_size=case.batch, epochs=args.epochs,
             optim=constant_sgd(args.lr, args.momentum, steps=steps),
-            params=params, key=key, dtype=case.dtype,
+            params=params, key=key, dtype=case.dtype, unroll=args.unroll,
         )  # fmt: skip
         peak = rates[case.dtype]["gflops"] * 1e9
         rows += throughput(problem, names, epochs=args.epochs, rounds=args.rounds, peak_flops=peak)
         print(throughput_table(rows[-len(names) :]) + "\n", flush=True)
-    settings = {k: vars(args)[k] for k in ("epochs", "rounds", "lr", "momentum", "seed")}
+    settings = {k: vars(args)[k] for k in ("epochs", "rounds", "lr", "momentum", "seed", "unroll")}
     return {"settings": settings, "matmul": rates, "results": rows}
 
 
@@ -966,7 +977,7 @@ def _run_tta(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
         ds.x_train, ds.y_train, ds.x_test, ds.y_test,
         sizes=sizes, batch_size=batch, epochs=epochs, optim=optim,
         params=_numpy_params(state.params), key=np.asarray(state.key),
-        dtype=getattr(cfg, "precision", "float32"),
+        dtype=cfg.precision, unroll=cfg.train.unroll,
     )  # fmt: skip
     rows = time_to_accuracy(
         problem, names, target=args.time_to_accuracy, epochs=epochs, rounds=args.rounds
@@ -995,6 +1006,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--only: unknown contestants {unknown}; choose from {list(CONTESTANTS)}")
     if args.time_to_accuracy is None and args.epochs * args.rounds < 2:
         parser.error("--epochs x --rounds must be at least 2: the first epoch is warm-up")
+    if args.unroll < 1:
+        parser.error(f"--unroll must be at least 1, got {args.unroll}")
     backend = jax.default_backend()
     command = shlex.join(["fmlp", "bench", *argv])
     meta = metadata(command)

@@ -210,6 +210,7 @@ def test_the_script_is_the_cli_command(monkeypatch, capsys):
     [
         (["--only", "fmlp,jaxx"], "--only: unknown contestants ['jaxx']"),
         (["--epochs", "1", "--rounds", "1"], "--epochs x --rounds must be at least 2"),
+        (["--unroll", "0"], "--unroll must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments_exit_2(argv, message, capsys):
