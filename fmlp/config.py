@@ -332,7 +332,12 @@ def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         (item,) = typing.get_args(tp)
         return [_check(f"{path}[{i}]", v, item, meta) for i, v in enumerate(value)]
     if not _has_type(value, tp):
-        raise ConfigError(f"{path}: expected {_describe(declared)}, got {_show(value)}")
+        choices = meta.get("choices")
+        expected = f"one of {', '.join(choices)}" if choices else _describe(declared)
+        hint = ""
+        if tp is str and isinstance(value, bool):
+            hint = " (YAML reads yes/no/on/off as true/false; quote a word meant as text)"
+        raise ConfigError(f"{path}: expected {expected}, got {_show(value)}{hint}")
     if tp is float:
         value = float(value)
         if not math.isfinite(value):

@@ -195,7 +195,12 @@ def test_unknown_section_in_mapping():
         ("model.hidden=256", r"model\.hidden: expected a list of integers, got 256 \(int\)"),
         ("model.hidden='256,256'", r"model\.hidden: expected a list of integers, got '256,256'"),
         ("model.hidden=[64, x]", r"model\.hidden\[1\]: expected an integer, got 'x'"),
-        ("model.activation=null", r"model\.activation: expected a string, got null"),
+        ("model.activation=null", r"model\.activation: expected one of tanh, relu, .*, got null$"),
+        (
+            "run.progress=off",
+            r"run\.progress: expected one of auto, always, never, got False \(bool\) "
+            r"\(YAML reads yes/no/on/off as true/false; quote a word meant as text\)",
+        ),
         ("data.subset=ten", r"data\.subset: expected an integer or null, got 'ten'"),
         ("train=3", r"train: expected a TrainConfig or a mapping, got 3 \(int\)"),
     ],
