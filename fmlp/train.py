@@ -452,7 +452,9 @@ def fit(
             val = evaluate_val(state.params, xv, yv)
             if check_every is not None and epoch % check_every == 0:
                 val["gradient_check"] = check_gradients(state.params, x, y, state.key)
-            host = parallel.fetch({"train_loss": train_loss, **val})  # one sync per epoch
+            with jax.numpy_dtype_promotion("standard"):  # as in tx.update: int count, floats
+                learning_rate = schedule(state.step - 1)  # the rate of the epoch's last step
+            host = parallel.fetch({"train_loss": train_loss, "lr": learning_rate, **val})
             seconds = time.perf_counter() - start
             train_seconds += seconds
             epochs_run += 1
@@ -474,7 +476,7 @@ def fit(
                 "train_loss": host["train_loss"],
                 "val_loss": host["loss"] if has_val else None,
                 f"val_{metric_name}": host[metric_name] if has_val else None,
-                "learning_rate": float(schedule(int(state.step) - 1)),
+                "learning_rate": host["lr"],
                 "seconds": seconds,
             }
             history.append(_floats(row) | {"epoch": epoch})
