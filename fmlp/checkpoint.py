@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from fmlp import parallel
@@ -61,7 +60,8 @@ class Checkpointer:
         return self.latest.latest_step()
 
     def restore(self, target: PyTree, *, best: bool = False) -> tuple[PyTree, dict[str, Any]]:
-        """Restore into the structure of ``target``; return ``(state, meta)``.
+        """Restore into the structure of ``target`` (arrays or ``jax.ShapeDtypeStruct``s);
+        return ``(state, meta)``.
 
         Raises:
           FileNotFoundError: when the run has no complete checkpoint.
@@ -72,9 +72,7 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"No complete checkpoint in {manager.directory}; start the run without --resume."
             )
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target
-        )
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
         restored = manager.restore(
             step,
             args=ocp.args.Composite(

@@ -599,7 +599,8 @@ def restore_params(run_dir: str | os.PathLike[str], *, best: bool = False) -> nn
 def _restore_params(run_dir: Path, cfg: config.Config, *, best: bool) -> nn.Params:
     sizes = json.loads((run_dir / "model.json").read_text())["sizes"]
     tx, _ = make_optimizer(cfg.optimizer, steps_per_epoch=1, epochs=cfg.train.epochs)
-    state, _ = checkpoint.Checkpointer(run_dir).restore(init_state(cfg, sizes, tx), best=best)
+    target = jax.eval_shape(lambda: init_state(cfg, sizes, tx))  # shapes only, no arrays
+    state, _ = checkpoint.Checkpointer(run_dir).restore(target, best=best)
     return state.params
 
 
