@@ -458,7 +458,6 @@ class _BaseMLP(BaseEstimator):
         rng = check_random_state(self.random_state)
         if first:
             self.params_ = _init_params(rng, sizes, self.activation)
-            self._order_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
             self.n_iter_ = 0
             self.t_ = 0
             self.n_layers_ = len(sizes)
@@ -470,12 +469,13 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_validation_score_ = -np.inf if self.early_stopping else None
         elif not incremental:  # warm start: continue the curves, with a fresh optimizer
-            self._order_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
             self._no_improvement_count = 0
             if self.early_stopping and self.validation_scores_ is None:
                 self.validation_scores_, self.best_validation_score_ = [], -np.inf
             if not self.early_stopping and self.best_loss_ is None:
                 self.best_loss_ = np.inf
+        if not incremental or first:  # a fit (fresh or warm) draws its own batch orders
+            self._order_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
 
         validation = None
         if self.early_stopping:
