@@ -37,7 +37,7 @@ timeout 120 python3 scripts/bench_precision.py --data-path .fmnist \
   || echo "exit status $? (124: timed out)"
 
 # configs/fashion_mnist_wide.yaml trains for real (bf16, 20 epochs); its summary and metrics
-# come back, its 1.1 GB checkpoints do not.
+# come back, its checkpoints (1.0 GiB each on the CPU) do not.
 timeout 90 python3 -m fmlp train configs/fashion_mnist_wide.yaml data.path=.fmnist \
   run.progress=never --out /tmp/wide 2>&1 | tail -n 3 || echo "exit status $? (124: timed out)"
 cp /tmp/wide/summary.json "$OUT/wide_summary.json"
