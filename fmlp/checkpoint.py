@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fmlp import parallel
+from fmlp.errors import NoCheckpointError
 
 PyTree = Any
 
@@ -64,12 +65,13 @@ class Checkpointer:
         return ``(state, meta)``.
 
         Raises:
-          FileNotFoundError: when the run has no complete checkpoint.
+          fmlp.errors.NoCheckpointError: when the run has no complete checkpoint (a
+            FileNotFoundError).
         """
         manager = self.best if best else self.latest
         step = manager.best_step() if best else manager.latest_step()
         if step is None:
-            raise FileNotFoundError(
+            raise NoCheckpointError(
                 f"No complete checkpoint in {manager.directory}; start the run without --resume."
             )
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)

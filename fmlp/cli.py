@@ -8,22 +8,13 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import optax
 
-from fmlp import bench, config, data, gates, nn, parallel, testing, train, viz
-
-BAD_INPUT = (
-    config.ConfigError,
-    data.DataError,
-    train.RunDirectoryError,
-    FileNotFoundError,
-    KeyError,
-)
+from fmlp import config, errors, gates, run, testing, train, viz
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "bench",
-        add_help=False,  # every argument, --help too, is fmlp.bench's
+        add_help=False,  # never parsed here: main hands every argument to fmlp.bench's parser
         help="train side by side with JAX, Flax NNX, Equinox, PyTorch and scikit-learn "
         "(fmlp bench --help)",
     )
@@ -94,7 +85,7 @@ def _positive(text: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> None:
-    _, history = train.fit(args.config, overrides=args.overrides, out=args.out, resume=args.resume)
+    _, history = run.fit(args.config, overrides=args.overrides, out=args.out, resume=args.resume)
     summary = history["summary"]
     print(json.dumps(summary, indent=2))
     metric = "test_accuracy" if "test_accuracy" in summary else "test_mse"
@@ -103,7 +94,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
-    result = train.evaluate_run(run_dir, split=args.split, best=args.best)
+    result = run.evaluate_run(run_dir, split=args.split, best=args.best)
     print(json.dumps(result, indent=2))
 
 
@@ -134,24 +125,22 @@ def _model_graph(
 ) -> viz.GraphDrawing:
     """The config's model loss on the first ``batch`` training examples, at the seed's params."""
     cfg = config.resolve(source, overrides)
-    dataset = train.load_dataset(cfg)
+    dataset = run.load_dataset(cfg)
     if batch > len(dataset.x_train):
-        raise data.DataError(
+        raise errors.DataError(
             f"--batch {batch} is more than the {len(dataset.x_train)} training examples"
         )
-    sizes = train.model_sizes(cfg, dataset)
-    params = train.init_state(cfg, sizes, optax.identity()).params
-    model = cfg.model
-
-    def loss(params: nn.Params, x: jax.Array, t: jax.Array) -> jax.Array:
-        return nn.loss(params, x, t, activation=model.activation, output=model.output)
-
+    net = train.build_model(
+        cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs
+    )._replace(compute_dtype=None)  # drawn in the params' dtype, whatever the precision
+    params = train.init_state(net, optax.identity(), seed=cfg.train.seed).params
     x, t = jnp.asarray(dataset.x_train[:batch]), jnp.asarray(dataset.y_train[:batch])
-    return viz.graph(loss, params, x, t, max_elements=max_elements)
+    return viz.graph(net.loss, params, x, t, max_elements=max_elements)
 
 
-def _bench(args: argparse.Namespace) -> None:
-    bench.main(args.bench_args)
+def _bench(argv: Sequence[str]) -> None:
+    # Imported here, so that no other command pays for (or depends on) the benchmark.
+    importlib.import_module("fmlp.bench").main(argv)
 
 
 def _import_gates(spec: str) -> None:
@@ -159,14 +148,14 @@ def _import_gates(spec: str) -> None:
     if spec.endswith(".py"):
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"--module {spec}: no such file")
+            raise errors.ModuleLoadError(f"--module {spec}: no such file")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module_spec.loader.exec_module(importlib.util.module_from_spec(module_spec))
         return
     try:
         importlib.import_module(spec)
     except ModuleNotFoundError as e:
-        raise FileNotFoundError(
+        raise errors.ModuleLoadError(
             f"--module {spec}: {e}; give a module on sys.path or a .py file"
         ) from None
 
@@ -185,42 +174,54 @@ def _gradcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
+    "train": _train,
+    "eval": _eval,
+    "graph": _graph,
+    "gradcheck": _gradcheck,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # fmlp bench has its own parser: every argument is its
+        command, call = "bench", lambda: _bench(argv[1:])
+    else:
+        args = _parse(argv)
+        command, call = args.command, lambda: COMMANDS[args.command](args)
+    try:
+        status = call()
+    except errors.InputError as e:
+        print(f"fmlp {command}: error: {e}", file=sys.stderr)
+        return 2
+    except (errors.TrainingDiverged, errors.GradientMismatch) as e:
+        print(f"fmlp {command}: training stopped: {e}", file=sys.stderr)
+        return 1
+    except errors.DistributedError as e:
+        print(f"fmlp {command}: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # JAX's shutdown at exit would wait for the lost process and then abort; skip it.
+        os._exit(1)
+    except errors.FmlpError as e:
+        print(f"fmlp {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fmlp {command}: interrupted; resume with --resume", file=sys.stderr)
+        return 1
+    return status or 0
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "bench":
-        args.bench_args, extra = extra, []
     # Overrides may also follow an option (``fmlp train C --out D a.b=1``), which argparse
     # leaves over; anything else left over is an error as usual.
     if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        commands = {
-            "train": _train, "eval": _eval, "graph": _graph, "gradcheck": _gradcheck,
-            "bench": _bench,
-        }  # fmt: skip
-        status = commands[args.command](args)
-    except BAD_INPUT as e:
-        print(f"fmlp {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (train.TrainingDiverged, train.GradientMismatch) as e:
-        print(f"fmlp {args.command}: training stopped: {e}", file=sys.stderr)
-        return 1
-    except parallel.DistributedError as e:
-        print(f"fmlp {args.command}: error: {e}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # JAX's shutdown at exit would wait for the lost process and then abort; skip it.
-        os._exit(1)
-    except viz.GraphvizError as e:
-        print(f"fmlp {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"fmlp {args.command}: interrupted; resume with --resume", file=sys.stderr)
-        return 1
-    return status or 0
+    return args
 
 
 if __name__ == "__main__":

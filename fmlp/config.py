@@ -30,33 +30,28 @@ from typing import Any, ClassVar
 
 import yaml
 
+from fmlp import data, nn
+from fmlp.errors import ConfigError
 
-class ConfigError(ValueError):
-    """An invalid config: the message names the dotted key, the expectation and the value."""
-
-
-# Which task each data set poses and each output head solves; the cross-field check pairs them.
-_DATA_TASKS = {
-    "fashion_mnist": "classification",
-    "digits": "classification",
-    "lecture_regression": "regression",
-    "lecture_classification": "classification",
-}
-_OUTPUT_TASKS = {"softmax": "classification", "identity": "regression"}
+__all__ = ["ConfigError"]  # re-exported from fmlp.errors
 
 
 def _field(
     default: Any,
     *,
-    choices: Sequence[str] | None = None,
+    choices: Sequence[str] | Mapping[str, Any] | None = None,
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
     max_exclusive: bool = False,
 ) -> Any:
-    """A dataclass field whose constraints live in its metadata, read by :func:`_check`."""
+    """A dataclass field whose constraints live in its metadata, read by :func:`_check`.
+
+    ``choices`` may be the table the names come from (e.g. ``nn.ACTIVATIONS``): it is read
+    at every check, so a name added to the table later is accepted.
+    """
     metadata = {
-        "choices": tuple(choices) if choices is not None else None,
+        "choices": choices if isinstance(choices, Mapping) or choices is None else tuple(choices),
         "min": min,
         "max": max,
         "min_exclusive": min_exclusive,
@@ -86,20 +81,10 @@ class ModelConfig(_Section):
     _prefix: ClassVar[str] = "model."
 
     hidden: list[int] = _field([100], min=1)  # noqa: RUF009 (_field copies list defaults)
-    activation: str = _field("tanh", choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"))
+    activation: str = _field("tanh", choices=nn.ACTIVATIONS)
     # softmax: classification net, cross-entropy loss; identity: regression net, squared error.
-    output: str = _field("softmax", choices=tuple(_OUTPUT_TASKS))
-    init: str = _field(
-        "glorot_uniform",
-        choices=(
-            "glorot_normal",
-            "glorot_uniform",
-            "he_normal",
-            "he_uniform",
-            "lecun_normal",
-            "lecun_uniform",
-        ),
-    )
+    output: str = _field("softmax", choices=nn.HEADS)
+    init: str = _field("glorot_uniform", choices=nn.INITIALIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +93,10 @@ class DataConfig(_Section):
 
     _prefix: ClassVar[str] = "data."
 
-    name: str = _field("fashion_mnist", choices=tuple(_DATA_TASKS))
+    name: str = _field("fashion_mnist", choices=data.DATASET_TASKS)
     path: str | None = _field(None)
     validation_fraction: float = _field(0.1, min=0.0, max=1.0, max_exclusive=True)
-    normalize: str = _field("standardize", choices=("standardize", "none"))
+    normalize: str = _field("standardize", choices=data.NORMALIZATIONS)
     subset: int | None = _field(None, min=1)
     synthetic_examples: int = _field(2000, min=10)
 
@@ -221,13 +206,13 @@ class Config(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        head, data = self.model.output, self.data.name
-        if _OUTPUT_TASKS[head] != _DATA_TASKS[data]:
-            fitting = [o for o, task in _OUTPUT_TASKS.items() if task == _DATA_TASKS[data]]
+        head, name = self.model.output, self.data.name
+        head_task, data_task = nn.HEADS[head].task, data.DATASET_TASKS[name]
+        if head_task != data_task:
+            fitting = [o for o, h in nn.HEADS.items() if h.task == data_task]
             raise ConfigError(
-                f"model.output={head!r} is a {_OUTPUT_TASKS[head]} head but "
-                f"data.name={data!r} is a {_DATA_TASKS[data]} set; "
-                f"expected model.output={fitting[0]} for this data"
+                f"model.output={head!r} is a {head_task} head but data.name={name!r} is a "
+                f"{data_task} set; expected model.output={fitting[0]} for this data"
             )
         dist = self.distributed
         if None not in (dist.num_processes, dist.process_id) and (
@@ -333,7 +318,7 @@ def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         return [_check(f"{path}[{i}]", v, item, meta) for i, v in enumerate(value)]
     if not _has_type(value, tp):
         choices = meta.get("choices")
-        expected = f"one of {', '.join(choices)}" if choices else _describe(declared)
+        expected = f"one of {', '.join(choices)}" if choices is not None else _describe(declared)
         hint = ""
         if tp is str and isinstance(value, bool):
             hint = " (YAML reads yes/no/on/off as true/false; quote a word meant as text)"

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmlp.errors import DataError
+
 DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 """Where the Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST IDX files."""
 
@@ -43,12 +45,15 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 """Fashion-MNIST class names, indexed by label."""
 
-DATASETS: tuple[str, ...] = (
-    "fashion_mnist",
-    "digits",
-    "lecture_regression",
-    "lecture_classification",
-)
+DATASET_TASKS: dict[str, str] = {
+    "fashion_mnist": "classification",
+    "digits": "classification",
+    "lecture_regression": "regression",
+    "lecture_classification": "classification",
+}
+"""The data sets :func:`load` knows, and the task each poses."""
+
+DATASETS: tuple[str, ...] = tuple(DATASET_TASKS)
 """The names :func:`load` accepts."""
 
 TASKS: tuple[str, ...] = ("classification", "regression")
@@ -75,10 +80,6 @@ _INSTALL_HINT = (
     "install it with `apt-get install -y dataset-fashion-mnist` "
     "or set data.path to a directory holding the IDX files"
 )
-
-
-class DataError(ValueError):
-    """A dataset file or array is missing, corrupt or inconsistent with the model."""
 
 
 # ----------------------------------------------------------------------------- IDX files

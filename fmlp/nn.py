@@ -31,7 +31,28 @@ ACTIVATIONS: dict[str, gates.Gate] = {
     "leaky_relu": gates.leaky_relu,
     "identity": gates.identity,
 }
-OUTPUTS: dict[str, gates.Gate] = {"identity": gates.identity, "softmax": gates.softmax}
+
+
+class Head(NamedTuple):
+    """An output head: what the last layer's pre-activations ``s`` become, and their loss.
+
+    ``activation(s)`` is what :meth:`MLP.apply` and ``predict`` return; ``loss(s, targets)``
+    is the per-example loss ``(B,)``, written as one gate on ``s`` so its VJP can be the fused
+    one (softmax with cross-entropy: ``p - t``); ``task`` says which data it fits.
+    """
+
+    activation: gates.Gate
+    loss: gates.Gate
+    task: str  # "classification" or "regression"
+
+
+HEADS: dict[str, Head] = {
+    "softmax": Head(gates.softmax, gates.softmax_cross_entropy, "classification"),
+    "identity": Head(gates.identity, gates.squared_error, "regression"),
+}
+"""The head table: ``model.output`` name -> :class:`Head`. A new head is one row here."""
+
+OUTPUTS: dict[str, gates.Gate] = {name: head.activation for name, head in HEADS.items()}
 INITIALIZERS: dict[str, Callable[..., Any]] = {
     "glorot_normal": jax.nn.initializers.glorot_normal(),
     "glorot_uniform": jax.nn.initializers.glorot_uniform(),
@@ -138,7 +159,8 @@ def loss(
     mask: Array | None = None,
     compute_dtype: Any = None,
 ) -> Array:
-    """Mean loss over a mini-batch: cross-entropy for ``softmax``, squared error for ``identity``.
+    """Mean loss over a mini-batch, the head's (:data:`HEADS`): cross-entropy for ``softmax``,
+    squared error for ``identity``.
 
     For ``softmax`` the fused gate :func:`fmlp.gates.softmax_cross_entropy` takes the logits,
     so its gradient is the stable ``p - t``; for ``identity`` each example contributes
@@ -150,7 +172,7 @@ def loss(
       y: integer labels ``(B,)`` or one-hot/probability rows ``(B, K)`` for ``softmax``;
         targets ``(B, out)`` for ``identity``.
       activation: hidden activation.
-      output: ``softmax`` or ``identity``.
+      output: a head of :data:`HEADS`.
       mask: optional ``(B,)`` weights, 1 for real examples and 0 for padding.
       compute_dtype: mixed precision as in :func:`apply`; the loss is computed in the params'
         dtype.
@@ -158,39 +180,54 @@ def loss(
     Returns:
       Scalar loss: the (masked) mean over the batch.
     """
-    _choice("output", output, OUTPUTS)
-    outputs = apply(
-        params, x, activation=activation, output="identity", compute_dtype=compute_dtype
-    )
-    if output == "softmax":
-        per_example = gates.softmax_cross_entropy(outputs, y)
-    else:
-        per_example = gates.squared_error(outputs, y)
-    return _masked_mean(per_example, mask)
+    net = MLP(_sizes(params), activation, output, compute_dtype=compute_dtype)
+    return net.loss(params, x, y, mask)
+
+
+def _sizes(params: Params) -> tuple[int, ...]:
+    return (int(params[0]["W"].shape[0]), *(int(layer["W"].shape[-1]) for layer in params))
 
 
 class MLP(NamedTuple):
-    """A ready-made net as a pair of pure functions plus its loss (no arrays are held).
+    """The model as one value: its architecture, head and compute dtype (no arrays are held).
 
     ``params = net.init(key)``, ``out = net.apply(params, x)``, ``l = net.loss(params, x, y)``.
+    Build it with :func:`mlp` (which checks the names) or one of the lecture's nets.
     """
 
-    sizes: tuple[int, ...]
+    sizes: tuple[int, ...]  # [n_in, n_hidden_1, ..., n_out]
     activation: str
-    output: str
-    scheme: str
+    output: str  # a head of HEADS
+    scheme: str = "glorot_uniform"
+    compute_dtype: str | None = None  # e.g. "bfloat16": mixed precision, as in apply
+
+    @property
+    def head(self) -> Head:
+        """This net's row of :data:`HEADS`."""
+        return _choice("output", self.output, HEADS)
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
         """Fresh parameters for this architecture."""
         return init(key, self.sizes, scheme=self.scheme, dtype=dtype)
 
+    def logits(self, params: Params, x: Array) -> Array:
+        """The last layer's pre-activations ``(B, out)``, in the params' dtype."""
+        return apply(
+            params, x, activation=self.activation, output="identity",
+            compute_dtype=self.compute_dtype,
+        )  # fmt: skip
+
     def apply(self, params: Params, x: Array) -> Array:
         """Outputs ``(B, out)``: probabilities for softmax nets, real values for regression."""
-        return apply(params, x, activation=self.activation, output=self.output)
+        return self.head.activation(self.logits(params, x))
+
+    def per_example_loss(self, params: Params, x: Array, y: Array) -> Array:
+        """The head's loss of each example ``(B,)``."""
+        return self.head.loss(self.logits(params, x), y)
 
     def loss(self, params: Params, x: Array, y: Array, mask: Array | None = None) -> Array:
-        """Scalar mean loss over the batch."""
-        return loss(params, x, y, activation=self.activation, output=self.output, mask=mask)
+        """Scalar mean loss over the batch (weighted by ``mask`` ``(B,)`` when given)."""
+        return _masked_mean(self.per_example_loss(params, x, y), mask)
 
 
 def mlp(
@@ -199,12 +236,15 @@ def mlp(
     activation: str = "tanh",
     output: str = "softmax",
     scheme: str = "glorot_uniform",
+    compute_dtype: str | None = None,
 ) -> MLP:
     """An :class:`MLP` of any depth; names are validated here, not at first use."""
     _choice("activation", activation, ACTIVATIONS)
-    _choice("output", output, OUTPUTS)
+    _choice("output", output, HEADS)
     _choice("initialisation scheme", scheme, INITIALIZERS)
-    return MLP(tuple(sizes), activation, output, scheme)
+    if compute_dtype is not None:
+        compute_dtype = jnp.dtype(compute_dtype).name
+    return MLP(tuple(int(n) for n in sizes), activation, output, scheme, compute_dtype)
 
 
 def regression_net(n_in: int, n_hidden: int, n_out: int) -> MLP:

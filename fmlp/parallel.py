@@ -13,8 +13,9 @@ then spans every process's devices and each process runs the same program.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -22,17 +23,17 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from fmlp import config
+from fmlp.errors import ConfigError, DistributedError
+
+if TYPE_CHECKING:
+    from fmlp.config import DistributedConfig, ParallelConfig
 
 DATA, MODEL = "data", "model"
 PyTree = Any
+__all__ = ["DistributedError"]  # re-exported: fmlp.parallel.DistributedError keeps working
 
 
-class DistributedError(RuntimeError):
-    """Another process of a multi-process run failed or cannot be reached."""
-
-
-def initialize(cfg: config.DistributedConfig) -> bool:
+def initialize(cfg: DistributedConfig) -> bool:
     """Join the multi-process run ``cfg`` describes; return whether this is one.
 
     Must run before any JAX computation in the process. A single-process config (the
@@ -73,20 +74,20 @@ def make_mesh(data: int | None = None, model: int = 1) -> Mesh:
     ``data`` None takes every device not used by ``model``.
 
     Raises:
-      fmlp.config.ConfigError: the sizes ask for more devices than there are, or (several
+      fmlp.errors.ConfigError: the sizes ask for more devices than there are, or (several
         processes) for fewer than all of them.
     """
     devices = jax.devices()
     if data is None:
         data = max(1, len(devices) // model)
     if data * model > len(devices):
-        raise config.ConfigError(
+        raise ConfigError(
             f"parallel.data={data} x parallel.model={model} needs {data * model} devices, but "
             f"{len(devices)} are visible ({devices[0].platform}); lower parallel.data or "
             "parallel.model, or leave parallel.data null to use every device"
         )
     if jax.process_count() > 1 and data * model != len(devices):
-        raise config.ConfigError(
+        raise ConfigError(
             f"parallel.data={data} x parallel.model={model} uses {data * model} of the "
             f"{len(devices)} devices of {jax.process_count()} processes; a multi-process run "
             "must use them all (leave parallel.data null)"
@@ -98,11 +99,11 @@ def make_mesh(data: int | None = None, model: int = 1) -> Mesh:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size") -> None:
-    """Raise :class:`~fmlp.config.ConfigError` unless the global batch splits evenly on ``data``."""
+    """Raise :class:`~fmlp.errors.ConfigError` unless the global batch splits evenly on ``data``."""
     shards = mesh.shape[DATA]
     if batch_size % shards:
         lower, upper = batch_size - batch_size % shards, batch_size + shards - batch_size % shards
-        raise config.ConfigError(
+        raise ConfigError(
             f"{key}={batch_size} does not divide by the {shards} devices of the data axis "
             f"(parallel.data={shards}); choose a multiple of {shards}, e.g. {key}="
             f"{lower or upper} or {upper}, or change parallel.data"
@@ -195,3 +196,64 @@ def from_main_process(value: Any) -> Any:
 def is_main_process() -> bool:
     """Whether this process writes the run's files (process 0)."""
     return jax.process_index() == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a run's arrays live, built once by :func:`layout` and passed to every program.
+
+    ``mesh`` is the ``(data, model)`` device mesh; ``state`` the shardings of the train state
+    (a pytree shaped like it).
+    """
+
+    mesh: Mesh
+    state: PyTree
+
+    @property
+    def replicated(self) -> NamedSharding:
+        """A whole copy on every device."""
+        return replicated(self.mesh)
+
+    @property
+    def size(self) -> int:
+        """Devices in the mesh."""
+        return self.mesh.size
+
+    def put_state(self, state: PyTree) -> PyTree:
+        """``state`` placed with its shardings."""
+        return put(state, self.state)
+
+    def put_replicated(self, tree: PyTree) -> PyTree:
+        """Host values (the data) copied to every device."""
+        return put(tree, self.replicated)
+
+    def shard_batch(self, *arrays: jax.Array, stacked: bool = False) -> tuple[jax.Array, ...]:
+        """Inside a program: split mini-batch arrays over ``data`` along the example axis.
+
+        ``stacked``: the arrays hold every batch of an epoch, ``(steps, B, ...)``, so the
+        example axis is the second one.
+        """
+        spec = PartitionSpec(None, DATA) if stacked else PartitionSpec(DATA)
+        sharding = NamedSharding(self.mesh, spec)
+        return tuple(jax.lax.with_sharding_constraint(a, sharding) for a in arrays)
+
+    def round_batch(self, batch_size: int) -> int:
+        """``batch_size`` rounded up to a multiple of the ``data`` axis (for evaluation)."""
+        shards = self.mesh.shape[DATA]
+        return -(-batch_size // shards) * shards
+
+    fetch = staticmethod(fetch)
+
+
+def layout(
+    cfg: ParallelConfig, state: PyTree, tx: optax.GradientTransformation, *, batch_size: int
+) -> Layout:
+    """The mesh ``cfg`` asks for and the train state's shardings on it.
+
+    Raises:
+      fmlp.errors.ConfigError: too many devices asked for, or ``batch_size`` (the global
+        ``train.batch_size``) does not split evenly over the ``data`` axis.
+    """
+    mesh = make_mesh(cfg.data, cfg.model)
+    check_batch_size(batch_size, mesh)
+    return Layout(mesh, state_shardings(mesh, state, tx))

@@ -36,7 +36,7 @@ def run(out: Path, name: str, *overrides: str, resume: str | None = None) -> Non
     target = out / f"run-{name}"
     if resume is not None:
         (out / f"run-{resume}").rename(target)
-    state, history = fmlp.train.fit(
+    state, history = fmlp.run.fit(
         CONFIG,
         overrides=[*BASE, *overrides],
         out=None if resume else target,

@@ -1,4 +1,4 @@
-"""Tests for fmlp.train: the run directory, learning, determinism, resume, errors, load/eval.
+"""Tests for fmlp.run: the run directory, learning, determinism, resume, errors, load/eval.
 
 Every run is small (the lecture's synthetic sets, digits, a Fashion-MNIST lookalike) and the
 tests assert learning (loss falls, accuracy above a stated floor), never wall time. Runs are
@@ -39,7 +39,7 @@ import fmlp
 from fmlp import config, data, train
 from fmlp.config import ConfigError
 from fmlp.data import DataError
-from fmlp.train import RunDirectoryError, TrainingDiverged
+from fmlp.errors import RunDirectoryError, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION = ROOT / "configs" / "lecture_classification.yaml"
@@ -133,7 +133,7 @@ def sizes(cfg: config.Config) -> list[int]:
 def raw_test_split(cfg: config.Config) -> data.Dataset:
     """The run's dataset with the same seed and splits but unnormalised features."""
     raw = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="none"))
-    return train.load_dataset(raw)
+    return fmlp.run.load_dataset(raw)
 
 
 # ----------------------------------------------------------------------------- shared runs
@@ -266,7 +266,7 @@ def test_fit_returns_state_and_history(any_run: Run):
     assert history["summary"] == json.loads((run_dir / "summary.json").read_text())
     assert Path(history["run_dir"]) == run_dir
     # The latest checkpoint holds exactly the returned params.
-    assert_params_equal(train.restore_params(run_dir), state.params)
+    assert_params_equal(fmlp.run.restore_params(run_dir), state.params)
 
 
 # ----------------------------------------------------------------------------- learning
@@ -542,7 +542,7 @@ def resume_runs(tmp_path_factory) -> dict[str, Any]:
     rows = read_jsonl(reference_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, RESUME_EPOCHS + 1))
     return {
-        "reference": (train.restore_params(reference_dir), [without_seconds(r) for r in rows]),
+        "reference": (fmlp.run.restore_params(reference_dir), [without_seconds(r) for r in rows]),
         "resumed": resumed,
     }
 
@@ -558,7 +558,7 @@ def check_resumed(run: Resumed, reference: tuple[Any, list[dict[str, Any]]]) -> 
     assert 1 <= run.last_complete <= len(run.lines_before)
 
     ref_params, ref_rows = reference
-    assert_params_equal(train.restore_params(run.dir), ref_params)
+    assert_params_equal(fmlp.run.restore_params(run.dir), ref_params)
     lines = (run.dir / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in rows] == list(range(1, RESUME_EPOCHS + 1))  # each once
@@ -614,16 +614,16 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path):
     assert [r["epoch"] for r in rows] == list(range(1, bad))  # only the good epochs
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
     cfg = config.load(run_dir / "config.yaml")
-    dataset = train.load_dataset(cfg)
+    dataset = fmlp.run.load_dataset(cfg)
     assert rows[0]["val_mse"] < 0.5 * float(np.var(dataset.y_val))  # a good first epoch
     assert max(step_dirs(run_dir / "checkpoints" / "latest")) == bad - 1
 
-    latest = train.restore_params(run_dir)
+    latest = fmlp.run.restore_params(run_dir)
     check_float32_params(latest, sizes(cfg))
-    val = train.evaluate_split(cfg, dataset, latest, "val")
+    val = fmlp.run.evaluate_split(cfg, dataset, latest, "val")
     assert val["mse"] == pytest.approx(rows[-1]["val_mse"], rel=1e-5)
-    best = train.restore_params(run_dir, best=True)
-    val = train.evaluate_split(cfg, dataset, best, "val")
+    best = fmlp.run.restore_params(run_dir, best=True)
+    val = fmlp.run.evaluate_split(cfg, dataset, best, "val")
     assert val["mse"] == pytest.approx(min(r["val_mse"] for r in rows), rel=1e-5)
 
 
@@ -647,7 +647,7 @@ def test_resume_of_a_directory_without_a_run_is_refused(tmp_path):
 
 def test_resume_may_change_the_unroll(cls_run: Run):
     asked = dataclasses.replace(cls_run.cfg, train=dataclasses.replace(cls_run.cfg.train, unroll=4))
-    resumed = train._resumed_config(cls_run.dir, asked)
+    resumed = fmlp.run.RunDir(cls_run.dir).resumed_config(asked)
     assert resumed.train.unroll == 4
     assert resumed == dataclasses.replace(asked, run=resumed.run)
 
@@ -724,7 +724,7 @@ def test_load_predicts_regression_outputs_on_raw_features(reg_run: Run):
 def test_evaluate_run_on_validation_split(tmp_path, cls_run: Run):
     run_dir = tmp_path / "run"
     shutil.copytree(cls_run.dir, run_dir)
-    report = train.evaluate_run(run_dir, split="val")
+    report = fmlp.run.evaluate_run(run_dir, split="val")
     last = read_jsonl(run_dir / "metrics.jsonl")[-1]
     assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert report["accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-6)
@@ -732,7 +732,7 @@ def test_evaluate_run_on_validation_split(tmp_path, cls_run: Run):
     assert_png(run_dir / "plots" / "confusion_val.png")
     confusion = np.asarray(report["confusion"])
     assert confusion.shape == (3, 3)
-    assert confusion.sum() == len(train.load_dataset(cls_run.cfg).x_val)
+    assert confusion.sum() == len(fmlp.run.load_dataset(cls_run.cfg).x_val)
 
 
 def test_progress_bar_is_drawn_when_asked(reg_run_and_stderr):

@@ -1,0 +1,618 @@
+"""The run: a run directory and the steps that fill it (:func:`fit`), and what reads it back.
+
+A run directory is the contract users' scripts rely on; :class:`RunDir` is its one owner, and
+nothing else reads or writes its files:
+
+- ``config.yaml``: the resolved config (itself a valid config);
+- ``model.json``: layer sizes and number of classes; ``normalizer.npz``: the feature means
+  and standard deviations of the training split;
+- ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``val_loss``,
+  ``val_accuracy`` or ``val_mse``, ``learning_rate``, ``seconds``, ``gradient_check``);
+- ``summary.json``: the final test metrics, speed and device; ``eval_<split>.json``;
+- ``checkpoints/`` (orbax, :mod:`fmlp.checkpoint`) and ``plots/``.
+
+:func:`fit` reads top to bottom as the run does: :func:`set_up`, :func:`compile_programs`,
+:func:`train_loop` (one small hook per per-epoch behaviour), :func:`finish`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fmlp import checkpoint, config, data, nn, parallel, train, viz
+from fmlp.errors import DistributedError, RunDirectoryError, TrainingDiverged
+
+Array = jax.Array
+Source = config.Config | dict[str, Any] | str | os.PathLike[str]
+PathLike = str | os.PathLike[str]
+
+
+# ----------------------------------------------------------------------------- the directory
+
+
+class RunDir:
+    """The run directory at ``path``: every file's name, and the only code that reads or
+    writes them. Files are replaced whole (written beside, then renamed)."""
+
+    CONFIG, MODEL, NORMALIZER = "config.yaml", "model.json", "normalizer.npz"
+    METRICS, SUMMARY, PLOTS = "metrics.jsonl", "summary.json", "plots"
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here (its ``config.yaml`` exists)."""
+        return (self.path / self.CONFIG).exists()
+
+    def require_new(self) -> None:
+        """Raise :class:`RunDirectoryError` if a run was already started here."""
+        if self.holds_run():
+            raise RunDirectoryError(
+                f"{self.path} already holds a run; continue it with --resume {self.path} "
+                "or choose another --out."
+            )
+
+    def read_config(self, *, flag: str = "") -> config.Config:
+        """The run's saved config; ``flag`` (e.g. ``--resume``) prefixes the error."""
+        if not self.holds_run():
+            raise RunDirectoryError(
+                f"{flag + ' ' if flag else ''}{self.path}: no config.yaml there, so it is not "
+                "an fmlp run directory."
+            )
+        return config.load(self.path / self.CONFIG)
+
+    def resumed_config(self, cfg: config.Config) -> config.Config:
+        """The saved config, with what a resume may change taken from ``cfg``.
+
+        Only ``train.epochs``, ``train.unroll``, the device layout (``parallel``,
+        ``distributed``) and ``run`` may differ; anything else raises ConfigError naming it.
+        """
+        saved = self.read_config(flag="--resume")
+        ignore = {"epochs", "unroll"}
+        diffs = [
+            f"{section}.{k}"
+            for section in ("model", "data", "optimizer", "train")
+            for k, v in config.to_dict(getattr(cfg, section)).items()
+            if v != config.to_dict(getattr(saved, section))[k] and k not in ignore
+        ] + (["precision"] if cfg.precision != saved.precision else [])
+        if diffs:
+            raise config.ConfigError(
+                f"--resume {self.path}: the config differs from the run's saved config in "
+                f"{', '.join(diffs)}; resume with the same config (only train.epochs, "
+                "train.unroll and the parallel and distributed sections may change)."
+            )
+        return dataclasses.replace(
+            saved,
+            train=dataclasses.replace(
+                saved.train, epochs=cfg.train.epochs, unroll=cfg.train.unroll
+            ),
+            parallel=cfg.parallel,
+            distributed=cfg.distributed,
+        )
+
+    def create(self, cfg: config.Config, net: nn.MLP, dataset: data.Dataset) -> None:
+        """Write what a run starts with: config, model sizes, normalizer, ``plots/``."""
+        (self.path / self.PLOTS).mkdir(parents=True, exist_ok=True)
+        config.save(cfg, self._tmp(self.CONFIG))
+        self._commit(self.CONFIG)
+        info = {"sizes": list(net.sizes), "num_classes": dataset.num_classes}
+        self._write_text(self.MODEL, json.dumps(info) + "\n")
+        if dataset.mean is not None:
+            with self._tmp(self.NORMALIZER).open("wb") as f:
+                np.savez(f, mean=dataset.mean, std=dataset.std)
+            self._commit(self.NORMALIZER)
+
+    def model(self, cfg: config.Config) -> nn.MLP:
+        """The run's net: the saved sizes, the config's activation, head and precision."""
+        sizes = json.loads((self.path / self.MODEL).read_text())["sizes"]
+        return train.build_model(cfg, num_features=sizes[0], num_outputs=sizes[-1])
+
+    def normalizer(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The saved ``(mean, std)`` of the training features, or None if the run has none."""
+        path = self.path / self.NORMALIZER
+        if not path.exists():
+            return None
+        with np.load(path) as stats:
+            return stats["mean"], stats["std"]
+
+    def read_history(self, upto: int) -> list[dict[str, Any]]:
+        """The metrics of epochs ``1..upto``, as logged."""
+        path = self.path / self.METRICS
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [row for row in rows if row["epoch"] <= upto]
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` with ``rows``."""
+        self._write_text(self.METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Add one epoch's line to ``metrics.jsonl``."""
+        with (self.path / self.METRICS).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json``."""
+        self._write_text(self.SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+    def write_eval(self, split: str, report: dict[str, Any]) -> None:
+        """Write ``eval_<split>.json``."""
+        self._write_text(f"eval_{split}.json", json.dumps(report, indent=2) + "\n")
+
+    def plots(self) -> Path:
+        """The ``plots/`` folder (created if missing)."""
+        path = self.path / self.PLOTS
+        path.mkdir(exist_ok=True)
+        return path
+
+    def checkpointer(self, *, keep: int = 2, best_mode: str = "min") -> checkpoint.Checkpointer:
+        """The orbax checkpoints under ``checkpoints/``."""
+        return checkpoint.Checkpointer(self.path, keep=keep, best_mode=best_mode)
+
+    def _tmp(self, name: str) -> Path:
+        return self.path / f".{name}.tmp"
+
+    def _commit(self, name: str) -> None:
+        self._tmp(name).replace(self.path / name)
+
+    def _write_text(self, name: str, text: str) -> None:
+        self._tmp(name).write_text(text, encoding="utf-8")
+        self._commit(name)
+
+
+def _new_run_dir(cfg: config.Config, source: Any, out: PathLike | None) -> RunDir:
+    if out is not None:
+        return RunDir(out)
+    stem = Path(source).stem if isinstance(source, str | os.PathLike) else cfg.data.name
+    name = cfg.run.name or stem
+    # Every process must name the same directory: process 0's.
+    started = float(parallel.from_main_process(np.int32(time.time())))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    return RunDir(Path(cfg.run.out_dir) / f"{name}-{stamp}")
+
+
+def load_dataset(cfg: config.Config) -> data.Dataset:
+    """The config's dataset, split and normalised as the run saw it (deterministic)."""
+    d = cfg.data
+    return data.load(
+        d.name,
+        path=d.path,
+        validation_fraction=d.validation_fraction,
+        normalize=d.normalize,
+        subset=d.subset,
+        seed=cfg.train.seed,
+        synthetic_examples=d.synthetic_examples,
+    )
+
+
+# ----------------------------------------------------------------------------- fit's steps
+
+
+@dataclasses.dataclass
+class Run:
+    """What the steps of :func:`fit` share: the config, directory, data, model and state."""
+
+    cfg: config.Config
+    dir: RunDir
+    dataset: data.Dataset
+    net: nn.MLP
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    layout: parallel.Layout
+    state: train.TrainState
+    arrays: tuple[Array, Array, Array, Array]  # x, y, x_val, y_val on the devices
+    ckpt: checkpoint.Checkpointer
+    history: list[dict[str, Any]]
+    main: bool  # this process writes the files
+    has_val: bool
+
+    @property
+    def metric(self) -> str:
+        return train.metric_name(self.net)
+
+
+class Programs(NamedTuple):
+    """The run's compiled programs."""
+
+    epoch: Any
+    evaluate_val: Any
+    learning_rate: Any  # step count -> the rate of the last step taken
+    check_gradients: Any | None  # None: train.check_gradients_every is off
+    compile_seconds: float
+
+
+class EpochResult(NamedTuple):
+    """One finished epoch, as the per-epoch hooks see it."""
+
+    number: int
+    host: dict[str, Any]  # everything fetched from the devices, as numpy
+    row: dict[str, Any]  # the epoch's line of metrics.jsonl
+    seconds: float
+
+
+Hook = Callable[[Run, EpochResult], None]
+
+
+def fit(
+    source: Source,
+    *,
+    overrides: Sequence[str] = (),
+    out: PathLike | None = None,
+    resume: PathLike | None = None,
+) -> tuple[train.TrainState, dict[str, Any]]:
+    """Train the model a config describes and write a run directory.
+
+    Args:
+      source: a :class:`fmlp.config.Config`, a dict, or a YAML path.
+      overrides: dotted ``section.key=value`` overrides.
+      out: the run directory (default ``run.out_dir/<name>-<timestamp>``); must not hold a run.
+      resume: a run directory to continue from its latest complete checkpoint; the result is
+        bitwise identical (on CPU) to the uninterrupted run.
+
+    Returns:
+      ``(state, history)``: the final :class:`~fmlp.train.TrainState` and a dict with
+      ``epochs`` (one metrics dict per epoch), ``summary`` (as in ``summary.json``) and
+      ``run_dir``.
+
+    Raises:
+      fmlp.errors.InputError: bad config, data or run directory; nothing saved is touched.
+      fmlp.errors.TrainingDiverged: the loss became non-finite; checkpoints up to the last
+        good epoch stay.
+      fmlp.errors.GradientMismatch: the parity monitor found the engine's gradients wrong.
+      fmlp.errors.DistributedError: another process of a multi-process run died or cannot
+        be reached; checkpoints up to the last complete epoch stay.
+    """
+    run = set_up(source, overrides, out=out, resume=resume)
+    programs = compile_programs(run)
+    bar = _ProgressBar(run)
+    hooks = [stop_if_diverged, log_metrics, check_parity, save_checkpoint, bar.hook]
+    try:
+        trained = train_loop(run, programs, hooks)
+    finally:
+        bar.close()
+        run.ckpt.close()
+    return finish(run, programs, trained)
+
+
+def set_up(
+    source: Source, overrides: Sequence[str], *, out: PathLike | None, resume: PathLike | None
+) -> Run:
+    """Config, processes, run directory, data, model, optimizer, layout and (resumed) state."""
+    cfg = config.resolve(source, overrides)
+    parallel.initialize(cfg.distributed)
+    if resume is not None:
+        run_dir = RunDir(resume)
+        cfg = run_dir.resumed_config(cfg)
+    else:
+        run_dir = _new_run_dir(cfg, source, out)
+        run_dir.require_new()
+    dataset = load_dataset(cfg)
+    tc = cfg.train
+    net = train.build_model(cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs)
+    steps_per_epoch = math.ceil(len(dataset.x_train) / tc.batch_size)
+    tx, schedule = train.make_optimizer(
+        cfg.optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
+    )
+    state = train.init_state(net, tx, seed=tc.seed)
+    layout = parallel.layout(cfg.parallel, state, tx, batch_size=tc.batch_size)
+    main = parallel.is_main_process()
+    parallel.barrier("fmlp: run directory checked")  # before process 0 writes into it
+    if main:
+        run_dir.create(cfg, net, dataset)
+    best_mode = "max" if net.head.task == "classification" else "min"
+    ckpt = run_dir.checkpointer(keep=tc.keep_checkpoints, best_mode=best_mode)
+    history: list[dict[str, Any]] = []
+    if resume is not None and ckpt.latest_epoch() is not None:
+        state, _ = ckpt.restore(state)
+        history = run_dir.read_history(int(state.epoch))
+    if main:
+        run_dir.write_history(history)
+    has_val = len(dataset.x_val) > 0
+    val = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_train, dataset.y_train)
+    arrays = layout.put_replicated((dataset.x_train, dataset.y_train, *val))
+    return Run(
+        cfg, run_dir, dataset, net, tx, schedule, layout, layout.put_state(state), arrays,
+        ckpt, history, main, has_val,
+    )  # fmt: skip
+
+
+def compile_programs(run: Run) -> Programs:
+    """Compile the epoch, the validation pass and (if asked for) the parity check."""
+    tc, (x, y, xv, yv), state = run.cfg.train, run.arrays, run.state
+    n = len(x)
+    start = time.perf_counter()
+    epoch = train.make_epoch(
+        run.net.loss, run.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
+        unroll=tc.unroll, permute=train.permuted_copy_fits(x, y), layout=run.layout,
+    ).lower(state, x, y).compile()  # fmt: skip
+    evaluate = (
+        train.make_evaluate(run.net, n=len(xv), batch_size=tc.eval_batch_size, layout=run.layout)
+        .lower(state.params, xv, yv)
+        .compile()
+    )
+    with train.optax_dtypes():  # a global array on every process, like the others
+        learning_rate = (
+            jax.jit(lambda step: run.schedule(step - 1), out_shardings=run.layout.replicated)
+            .lower(state.step)
+            .compile()
+        )
+    check = None
+    if tc.check_gradients_every is not None:
+        check = (
+            train.make_gradient_check(
+                run.net.loss, n=n, batch_size=tc.batch_size, layout=run.layout
+            )
+            .lower(state.params, x, y, state.key)
+            .compile()
+        )
+    return Programs(epoch, evaluate, learning_rate, check, time.perf_counter() - start)
+
+
+def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[float]:
+    """Train the remaining epochs, calling every hook after each; return each one's seconds.
+
+    One host round trip per epoch: the loss, the validation metrics, the learning rate and
+    the parity check come back in one fetch.
+    """
+    (x, y, xv, yv), tc, seconds = run.arrays, run.cfg.train, []
+    first = epoch = int(run.state.epoch) + 1
+    try:
+        for epoch in range(first, tc.epochs + 1):
+            start = time.perf_counter()
+            run.state, train_loss = programs.epoch(run.state, x, y)
+            device = {"train_loss": train_loss, **programs.evaluate_val(run.state.params, xv, yv)}
+            if programs.check_gradients is not None and epoch % tc.check_gradients_every == 0:
+                device["gradient_check"] = programs.check_gradients(
+                    run.state.params, x, y, run.state.key
+                )
+            device["lr"] = programs.learning_rate(run.state.step)
+            host = run.layout.fetch(device)
+            elapsed = time.perf_counter() - start
+            seconds.append(elapsed)
+            result = EpochResult(epoch, host, _metrics_row(run, epoch, host, elapsed), elapsed)
+            for hook in hooks:
+                hook(run, result)
+    except (jax.errors.JaxRuntimeError, ValueError) as err:  # XLA's collectives raise either
+        if jax.process_count() == 1:
+            raise
+        raise DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()} failed in epoch {epoch}, "
+            f"most likely because another process died or the network failed: {err}. "
+            + _kept(run, "complete", f"restart every process with --resume {run.dir}")
+        ) from err
+    return seconds
+
+
+def finish(
+    run: Run, programs: Programs, seconds: Sequence[float]
+) -> tuple[train.TrainState, dict[str, Any]]:
+    """Evaluate the test split, write ``summary.json`` and the plots; fit's return value.
+
+    ``seconds``: the wall time of each epoch this call trained.
+    """
+    test = evaluate_split(run.cfg, run.dataset, run.state.params, "test", layout=run.layout)
+    total = sum(seconds)
+    summary = {
+        "test_loss": test["loss"],
+        f"test_{run.metric}": test[run.metric],
+        "epochs": int(run.state.epoch),
+        "examples_per_second": len(run.arrays[0]) * len(seconds) / total if total else None,
+        "compile_seconds": programs.compile_seconds,
+        "train_seconds": total,
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.devices()[0].platform,
+        "devices": run.layout.size,
+        "processes": jax.process_count(),
+        "precision": run.cfg.precision,
+        "fmlp_version": _version(),
+        "run_dir": str(run.dir),
+    }
+    if run.main:
+        run.dir.write_summary(summary)
+        _plots(run.dir, run.history, run.metric, test.get("confusion"), "test")
+    return run.state, {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
+
+
+# ----------------------------------------------------------------------------- epoch hooks
+
+
+def _metrics_row(run: Run, epoch: int, host: dict[str, Any], seconds: float) -> dict[str, Any]:
+    row = {
+        "epoch": epoch,
+        "train_loss": float(host["train_loss"]),
+        "val_loss": float(host["loss"]) if run.has_val else None,
+        f"val_{run.metric}": float(host[run.metric]) if run.has_val else None,
+        "learning_rate": float(host["lr"]),
+        "seconds": seconds,
+    }
+    if "gradient_check" in host:
+        row["gradient_check"] = {k: float(v) for k, v in host["gradient_check"].items()}
+    return row
+
+
+def stop_if_diverged(run: Run, result: EpochResult) -> None:
+    """Raise :class:`TrainingDiverged` when the training or validation loss is not finite."""
+    host = result.host
+    if all(math.isfinite(host[k]) for k in ("train_loss", "loss")):
+        return
+    raise TrainingDiverged(
+        f"training loss became {host['train_loss']} (validation loss {host['loss']}) at "
+        f"epoch {result.number}: the learning rate (optimizer.learning_rate="
+        f"{run.cfg.optimizer.learning_rate}) is probably too high, or the data holds extreme "
+        "values. " + _kept(run, "good")
+    )
+
+
+def log_metrics(run: Run, result: EpochResult) -> None:
+    """Append the epoch's row to the history and to ``metrics.jsonl``."""
+    run.history.append(result.row)
+    if run.main:
+        run.dir.append_metrics(result.row)
+
+
+def check_parity(run: Run, result: EpochResult) -> None:
+    """Stop the run if the parity monitor's check this epoch found a wrong gradient."""
+    tc = run.cfg.train
+    train.check_parity(result.row.get("gradient_check"), tc.gradient_tolerance, result.number)
+
+
+def save_checkpoint(run: Run, result: EpochResult) -> None:
+    """Checkpoint every ``train.checkpoint_every`` epochs and after the last one."""
+    tc = run.cfg.train
+    if result.number % tc.checkpoint_every == 0 or result.number == tc.epochs:
+        epoch = result.number
+        run.ckpt.save(epoch, run.state, {"epoch": epoch}, result.host[run.metric])
+
+
+class _ProgressBar:
+    """A tqdm bar over epochs (process 0 only); its :meth:`hook` advances it."""
+
+    def __init__(self, run: Run) -> None:
+        from tqdm.auto import tqdm  # here: only runs that show progress pay for the import
+
+        show = {"always": True, "never": False, "auto": sys.stderr.isatty()}[run.cfg.run.progress]
+        self.bar = tqdm(
+            total=run.cfg.train.epochs, initial=int(run.state.epoch), unit="epoch", desc="train",
+            disable=not (show and run.main),  # one bar per run, not one per host
+        )  # fmt: skip
+
+    def hook(self, run: Run, result: EpochResult) -> None:
+        self.bar.update(1)
+        loss, metric = result.host["train_loss"], result.host[run.metric]
+        self.bar.set_postfix_str(f"loss {loss:.4f} val_{run.metric} {metric:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _kept(run: Run, kind: str, advice: str = "") -> str:
+    last = run.ckpt.latest_epoch()
+    if last is None:
+        return "No checkpoint had been written yet."
+    return f"The last {kind} checkpoint (epoch {last}) is kept in {run.dir}" + (
+        f"; {advice}." if advice else "."
+    )
+
+
+def _plots(run_dir: RunDir, history: list[dict], metric: str, confusion: Any, split: str) -> None:
+    viz.training_curves(history, run_dir.plots(), metric=metric)
+    if confusion is not None:
+        viz.confusion_matrix(np.asarray(confusion), run_dir.plots() / f"confusion_{split}.png")
+
+
+def _version() -> str:
+    from fmlp import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+def evaluate_split(
+    cfg: config.Config,
+    dataset: data.Dataset,
+    params: nn.Params,
+    split: str,
+    *,
+    layout: parallel.Layout | None = None,
+) -> dict[str, Any]:
+    """Loss and accuracy/confusion (classification) or MSE (regression) on one split.
+
+    ``params`` on a ``layout`` (as :func:`fit` leaves them) are evaluated there.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be one of train, val, test; got {split!r}.")
+    x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+    if len(x) == 0:
+        raise data.DataError(f"the {split} split is empty; set data.validation_fraction > 0.")
+    num_features = int(params[0]["W"].shape[0])
+    data.validate(
+        x, y, task=dataset.task, num_classes=dataset.num_classes, num_features=num_features,
+        name=split,
+    )  # fmt: skip
+    net = train.build_model(cfg, num_features=num_features, num_outputs=dataset.num_outputs)
+    evaluate = train.make_evaluate(
+        net, n=len(x), batch_size=cfg.train.eval_batch_size, layout=layout
+    )
+    x, y = (jnp.asarray(x), jnp.asarray(y)) if layout is None else layout.put_replicated((x, y))
+    result = parallel.fetch(evaluate(params, x, y))
+    return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v)) for k, v in result.items()}
+
+
+def _restore(run_dir: RunDir, cfg: config.Config, *, best: bool) -> nn.Params:
+    net = run_dir.model(cfg)
+    tx, _ = train.make_optimizer(cfg.optimizer, steps_per_epoch=1, epochs=cfg.train.epochs)
+    # Shapes only, no arrays: restore into what init_state would build.
+    target = jax.eval_shape(lambda: train.init_state(net, tx, seed=cfg.train.seed))
+    state, _ = run_dir.checkpointer().restore(target, best=best)
+    return state.params
+
+
+def restore_params(run_dir: PathLike, *, best: bool = False) -> nn.Params:
+    """The params of a run's latest (or best) checkpoint."""
+    run = RunDir(run_dir)
+    return _restore(run, run.read_config(), best=best)
+
+
+def load(run_dir: PathLike, *, best: bool = False) -> tuple[nn.Params, Callable[[Any], Array]]:
+    """Params of a finished (or interrupted) run and a ``predict`` function.
+
+    ``predict(x)`` takes raw features ``(B, num_features)`` (it applies the run's saved
+    normalisation) and returns class probabilities ``(B, K)`` for a softmax net, outputs
+    ``(B, out)`` for a regression net.
+    """
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    params = _restore(run, cfg, best=best)
+    mean, std = run.normalizer() or (0.0, 1.0)
+    net = run.model(cfg)
+    forward = jax.jit(net.apply)
+
+    def predict(x: Any) -> Array:
+        x = np.asarray(x, np.float32)
+        if x.ndim != 2 or x.shape[1] != net.sizes[0]:
+            raise data.DataError(
+                f"predict expects inputs of shape (batch, {net.sizes[0]}), got {x.shape}."
+            )
+        return forward(params, jnp.asarray((x - mean) / std, jnp.float32))
+
+    return params, predict
+
+
+def evaluate_run(run_dir: PathLike, *, split: str = "test", best: bool = False) -> dict[str, Any]:
+    """Evaluate a run's latest (or best) checkpoint on ``split``; write plots and JSON.
+
+    Writes ``eval_<split>.json`` and, under ``plots/``, the training curves and (for
+    classification) ``confusion_<split>.png``. Returns the metrics, the confusion matrix as
+    nested lists.
+    """
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    params = _restore(run, cfg, best=best)
+    dataset = load_dataset(cfg)
+    result = evaluate_split(cfg, dataset, params, split)
+    metric = train.metric_name(run.model(cfg))
+    _plots(run, run.read_history(upto=cfg.train.epochs), metric, result.get("confusion"), split)
+    report = {"split": split, "checkpoint": "best" if best else "latest"} | {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
+    }
+    run.write_eval(split, report)
+    return report
