@@ -184,3 +184,22 @@ def test_eval_prints_test_metrics_as_json(trained, tmp_path, env):
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
     assert json.loads((run_dir / "eval_test.json").read_text()) == report
+
+
+def test_an_internal_key_error_during_fit_exits_1_not_as_bad_input(tmp_path, env):
+    # A bug inside fmlp that raises KeyError is not the user's bad input: exit 1, with its
+    # traceback, never the exit-2 "error:" line.
+    code = (
+        "import sys, fmlp.cli, fmlp.run\n"
+        "def broken(cfg):\n"
+        "    raise KeyError('internal')\n"
+        "fmlp.run.load_dataset = broken\n"
+        f"out = {str(tmp_path / 'r')!r}\n"
+        f"sys.exit(fmlp.cli.main(['train', {CLASSIFICATION!r}, '--out', out]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stderr
+    assert "KeyError: 'internal'" in result.stderr
+    assert "fmlp train: error:" not in result.stderr

@@ -9,6 +9,7 @@ import yaml
 from fmlp.config import (
     Config,
     ConfigError,
+    DataConfig,
     ModelConfig,
     TrainConfig,
     apply_overrides,
@@ -333,3 +334,18 @@ def test_output_head_must_fit_the_data(overrides, match):
 def test_regression_head_on_regression_data_is_valid():
     cfg = with_overrides("data.name=lecture_regression", "model.output=identity")
     assert cfg.model.output == "identity"
+
+
+def test_choices_are_derived_from_the_tables_they_name(monkeypatch):
+    from fmlp import data, gates, nn
+
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    assert list(fields["activation"].metadata["choices"]) == list(nn.ACTIVATIONS)
+    assert list(fields["init"].metadata["choices"]) == list(nn.INITIALIZERS)
+    assert list(fields["output"].metadata["choices"]) == list(nn.HEADS)
+    data_fields = {f.name: f for f in dataclasses.fields(DataConfig)}
+    assert list(data_fields["name"].metadata["choices"]) == list(data.DATASETS)
+    with pytest.raises(ConfigError, match=r"model\.activation: expected one of"):
+        from_dict({"model": {"activation": "softsign"}})
+    monkeypatch.setitem(nn.ACTIVATIONS, "softsign", gates.tanh)  # a table entry added later
+    assert from_dict({"model": {"activation": "softsign"}}).model.activation == "softsign"

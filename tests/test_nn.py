@@ -259,3 +259,42 @@ def test_lecture_net_shapes_gradient_and_training(key, kind):
     if kind == "classification":
         accuracy = jnp.mean(jnp.argmax(net.apply(trained, x), axis=-1) == y)
         assert float(accuracy) >= 0.9
+
+
+def test_the_head_table_decides_activation_loss_and_task():
+    assert set(nn.HEADS) == {"softmax", "identity"}
+    assert nn.HEADS["softmax"] == (fmlp.gates.softmax, fmlp.gates.softmax_cross_entropy,
+                                   "classification")  # fmt: skip
+    assert nn.HEADS["identity"].loss is fmlp.gates.squared_error
+    assert nn.HEADS["identity"].task == "regression"
+    assert {name: head.activation for name, head in nn.HEADS.items()} == nn.OUTPUTS
+
+
+@pytest.mark.parametrize("output", ["softmax", "identity"])
+def test_the_model_value_is_the_functions_it_replaces(key, output):
+    net = nn.mlp([4, 6, 3], activation="relu", output=output)
+    params = net.init(key)
+    x = jax.random.normal(jax.random.key(5), (10, 4), jnp.float32)
+    y = jnp.arange(10) % 3 if output == "softmax" else jax.random.normal(key, (10, 3), jnp.float32)
+    np.testing.assert_array_equal(
+        net.apply(params, x), nn.apply(params, x, activation="relu", output=output)
+    )
+    np.testing.assert_array_equal(
+        net.logits(params, x), nn.apply(params, x, activation="relu", output="identity")
+    )
+    assert net.per_example_loss(params, x, y).shape == (10,)
+    np.testing.assert_array_equal(
+        net.loss(params, x, y), nn.loss(params, x, y, activation="relu", output=output)
+    )
+
+
+def test_the_model_value_computes_in_its_compute_dtype(key):
+    net = nn.mlp([4, 6, 3], compute_dtype="bfloat16")
+    assert net.compute_dtype == "bfloat16"
+    params = net.init(key, dtype=jnp.float32)
+    x = jax.random.normal(jax.random.key(5), (10, 4), jnp.float32)
+    out = net.apply(params, x)
+    assert out.dtype == jnp.float32  # cast back before the head
+    ref = nn.apply(params, x, activation="tanh", output="softmax", compute_dtype="bfloat16")
+    np.testing.assert_array_equal(out, ref)
+    assert not np.array_equal(out, nn.mlp([4, 6, 3]).apply(params, x))

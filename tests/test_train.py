@@ -1,0 +1,232 @@
+"""Tests for fmlp.train: the one compiled epoch and its options, the model from the config,
+evaluation by head, the optax helper; and the layer's seams (one run-directory owner, one
+error base, no import circle).
+
+Small synthetic problems; every assertion is about values, never wall time.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fmlp
+from fmlp import config, data, errors, nn, train
+
+ROOT = Path(__file__).resolve().parents[1]
+N, FEATURES, CLASSES, BATCH = 100, 6, 3, 16  # 7 batches, the last one partial
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((N, FEATURES)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, CLASSES, N), jnp.int32)
+    net = nn.mlp([FEATURES, 8, CLASSES], activation="relu", output="softmax")
+    return net, x, y
+
+
+def run_epochs(net, x, y, *, epochs=2, tx=None, w=None, extra=(), loss=None, **options):
+    tx = tx or optax.sgd(0.1, momentum=0.9)
+    state = train.init_state(net, tx, seed=3)
+    epoch = train.make_epoch(loss or net.loss, tx, n=len(x), batch_size=BATCH, **options)
+    losses = []
+    for _ in range(epochs):
+        state, value = epoch(state, x, y, w, *extra)
+        losses.append(float(value))
+    return state, losses
+
+
+def test_permuted_and_gathered_epochs_train_the_same_batches(problem):
+    net, x, y = problem
+    permuted, loss_p = run_epochs(net, x, y, permute=True)
+    gathered, loss_g = run_epochs(net, x, y, permute=False)
+    chex.assert_trees_all_close(permuted.params, gathered.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(loss_p, loss_g, rtol=1e-6)
+    assert int(permuted.step) == int(gathered.step) == 2 * 7
+    assert int(permuted.epoch) == 2
+    assert np.array_equal(permuted.key, gathered.key)
+
+
+def test_the_epoch_loss_is_the_mean_of_the_example_losses(problem):
+    net, x, y = problem
+    tx = optax.sgd(0.0)  # params never move: the epoch's loss is the loss of the whole set
+    state = train.init_state(net, tx, seed=3)
+    _, value = train.make_epoch(net.loss, tx, n=N, batch_size=BATCH)(state, x, y)
+    whole = net.loss(train.init_state(net, tx, seed=3).params, x, y)
+    np.testing.assert_allclose(float(value), float(whole), rtol=1e-6)
+
+
+def test_unit_weights_are_the_plain_epoch_and_zero_weights_drop_examples(problem):
+    net, x, y = problem
+    plain, _ = run_epochs(net, x, y)
+    ones, _ = run_epochs(net, x, y, w=jnp.ones(N, jnp.float32))
+    chex.assert_trees_all_close(plain.params, ones.params, rtol=1e-6, atol=1e-7)
+    dropped, _ = run_epochs(net, x, y, w=jnp.zeros(N, jnp.float32).at[:50].set(1.0))
+    assert not np.allclose(plain.params[0]["W"], dropped.params[0]["W"])
+
+
+def test_skip_empty_leaves_state_untouched_by_a_batch_of_zero_weight(problem):
+    net, x, y = problem
+    tx = optax.adam(0.01)  # adam moves params even on a zero gradient (its moments decay)
+    zero = jnp.zeros(N, jnp.float32)
+    start = train.init_state(net, tx, seed=3)
+    skipped, _ = run_epochs(net, x, y, epochs=1, tx=tx, w=zero, skip_empty=True)
+    chex.assert_trees_all_equal(skipped.params, start.params)
+    chex.assert_trees_all_equal(skipped.opt_state, start.opt_state)
+
+
+def test_extra_loss_arguments_reach_the_loss(problem):
+    net, x, y = problem
+
+    def penalised(params, xb, yb, wb, alpha):
+        return fmlp.gates.add(net.loss(params, xb, yb, wb), alpha * 0.0)
+
+    ref, _ = run_epochs(net, x, y)
+    got, _ = run_epochs(net, x, y, loss=penalised, extra=(jnp.float32(2.0),))
+    chex.assert_trees_all_close(ref.params, got.params, rtol=1e-6, atol=1e-7)
+
+
+def test_unrolled_and_shuffle_free_epochs(problem):
+    net, x, y = problem
+    ref, _ = run_epochs(net, x, y)
+    unrolled, _ = run_epochs(net, x, y, unroll=3)
+    chex.assert_trees_all_close(ref.params, unrolled.params, rtol=1e-6, atol=1e-7)
+    ordered, _ = run_epochs(net, x, y, shuffle=False)
+    assert not np.allclose(ref.params[0]["W"], ordered.params[0]["W"])
+
+
+def test_the_engine_and_jax_backends_agree(problem):
+    net, x, y = problem
+    ours, loss_e = run_epochs(net, x, y, gradients="engine")
+    oracle, loss_j = run_epochs(net, x, y, gradients="jax")
+    chex.assert_trees_all_close(ours.params, oracle.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss_e, loss_j, rtol=1e-5)
+
+
+def test_without_donation_the_input_state_stays_usable(problem):
+    net, x, y = problem
+    tx = optax.sgd(0.1)
+    state = train.init_state(net, tx, seed=3)
+    epoch = train.make_epoch(net.loss, tx, n=N, batch_size=BATCH, donate=False)
+    new, _ = epoch(state, x, y)
+    again, _ = epoch(state, x, y)  # a donated state would be deleted by now
+    chex.assert_trees_all_equal(new.params, again.params)
+
+
+def test_init_state_is_the_seeds_params_and_key():
+    net = nn.mlp([4, 5, 2])
+    a = train.init_state(net, optax.sgd(0.1), seed=7)
+    b = train.init_state(net, optax.adam(0.1), seed=7)
+    chex.assert_trees_all_equal(a.params, b.params)
+    assert np.array_equal(a.key, b.key)
+    chex.assert_shape([a.params[0]["W"], a.params[1]["W"]], [(4, 5), (5, 2)])
+    chex.assert_type([a.step, a.epoch], jnp.int32)
+    assert not np.array_equal(a.key, train.init_state(net, optax.sgd(0.1), seed=8).key)
+
+
+def test_build_model_follows_the_config():
+    cfg = config.from_dict(
+        {"model": {"hidden": [7, 5], "activation": "relu", "init": "he_normal"},
+         "precision": "bfloat16"}
+    )  # fmt: skip
+    net = train.build_model(cfg, num_features=3, num_outputs=4)
+    assert net == nn.MLP((3, 7, 5, 4), "relu", "softmax", "he_normal", "bfloat16")
+    assert train.metric_name(net) == "accuracy"
+    regression = config.from_dict(
+        {"model": {"output": "identity"}, "data": {"name": "lecture_regression"}}
+    )
+    assert train.metric_name(train.build_model(regression, num_features=8, num_outputs=2)) == "mse"
+
+
+def test_evaluate_reports_the_heads_metrics(problem):
+    net, x, y = problem
+    params = net.init(jax.random.PRNGKey(0))
+    result = train.make_evaluate(net, n=N, batch_size=32)(params, x, y)
+    logits = net.logits(params, x)
+    np.testing.assert_allclose(float(result["loss"]), float(net.loss(params, x, y)), rtol=1e-6)
+    accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=1) == np.asarray(y)))
+    assert float(result["accuracy"]) == pytest.approx(accuracy)
+    assert float(jnp.sum(result["confusion"])) == N
+    regression = nn.mlp([FEATURES, 4, 2], output="identity")
+    targets = jnp.asarray(np.random.default_rng(1).standard_normal((N, 2)), jnp.float32)
+    rparams = regression.init(jax.random.PRNGKey(1))
+    got = train.make_evaluate(regression, n=N, batch_size=32)(rparams, x, targets)
+    mse = float(jnp.mean(jnp.square(regression.apply(rparams, x) - targets)))
+    assert float(got["mse"]) == pytest.approx(mse, rel=1e-5)
+    assert set(got) == {"loss", "mse"}
+
+
+def test_optax_dtypes_lets_optax_run_under_strict_promotion():
+    schedule = optax.cosine_decay_schedule(0.1, 10)
+    with pytest.raises(Exception, match="promot"):
+        schedule(jnp.int32(3))  # this suite runs with strict dtype promotion
+    with train.optax_dtypes():
+        assert float(schedule(jnp.int32(0))) == pytest.approx(0.1)
+    params = {"w": jnp.ones(3, jnp.float32)}
+    tx = optax.adam(0.1)
+    new, _ = train.apply_optimizer(tx, {"w": jnp.ones(3, jnp.float32)}, tx.init(params), params)
+    assert new["w"].dtype == jnp.float32 and float(new["w"][0]) < 1.0
+
+
+def test_a_permuted_copy_fits_for_small_data():
+    assert train.permuted_copy_fits(np.zeros((10, 3), np.float32), np.zeros(10, np.int32))
+    huge = jax.ShapeDtypeStruct((2**40, 1), jnp.float32)  # 4 TiB: no device holds two
+    assert not train.permuted_copy_fits(huge, jax.ShapeDtypeStruct((2**40,), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- the seams
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "model.json", "normalizer.npz")
+
+
+def test_only_the_run_module_names_the_run_directorys_files():
+    for path in sorted((ROOT / "fmlp").rglob("*.py")):
+        if path.name == "run.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) in docstrings:
+                    continue
+                named = [f for f in RUN_FILES if f in node.value]
+                assert not named, f"{path.relative_to(ROOT)} names {named}: ask fmlp.run.RunDir"
+
+
+def test_every_bad_input_error_derives_from_input_error_and_keeps_its_builtin_base():
+    bases = {
+        errors.ConfigError: ValueError,
+        errors.DataError: ValueError,
+        errors.RunDirectoryError: ValueError,
+        errors.UnknownGateError: KeyError,
+        errors.NoCheckpointError: FileNotFoundError,
+        errors.ModuleLoadError: FileNotFoundError,
+    }
+    for error, builtin in bases.items():
+        assert issubclass(error, errors.InputError) and issubclass(error, builtin), error
+    for error in (errors.TrainingDiverged, errors.GradientMismatch, errors.DistributedError):
+        assert issubclass(error, errors.FmlpError) and not issubclass(error, errors.InputError)
+    # The old homes keep working.
+    assert config.ConfigError is errors.ConfigError and data.DataError is errors.DataError
+    assert train.TrainingDiverged is errors.TrainingDiverged
+    assert fmlp.parallel.DistributedError is errors.DistributedError
+
+
+def test_fmlp_train_does_not_import_the_benchmark():
+    code = "import sys, fmlp, fmlp.cli; assert 'fmlp.bench' not in sys.modules, sys.modules.keys()"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
