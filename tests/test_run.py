@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -83,11 +84,9 @@ def leaves(tree: Any) -> list[np.ndarray]:
 
 
 def assert_params_equal(a: Any, b: Any) -> None:
-    """Bitwise equality of two param pytrees, leaf by leaf."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for i, (x, y) in enumerate(zip(leaves(a), leaves(b))):
-        assert x.dtype == y.dtype and x.shape == y.shape, (i, x.dtype, y.dtype)
-        assert np.array_equal(x, y), f"leaf {i} differs by up to {np.max(np.abs(x - y))}"
+    """Bitwise equality of two param pytrees, leaf by leaf, shapes and dtypes included."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+    chex.assert_trees_all_equal(a, b)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
