@@ -2,22 +2,26 @@
 
 They take scikit-learn's ``MLPClassifier``/``MLPRegressor`` parameter names and follow its
 conventions (``fit``/``predict``/``score``/``partial_fit``, ``get_params``/``set_params``,
-``clone``, pipelines, grid search), but the model is fmlp's: the forward pass is
-:func:`fmlp.nn.apply`, the loss is built from gates (:func:`fmlp.gates.softmax_cross_entropy`
-or :func:`fmlp.gates.squared_error`), the gradients come from fmlp's engine
+``clone``, pipelines, grid search; parameters declared in ``_parameter_constraints`` and
+checked by scikit-learn's own validation), but the model is fmlp's: one :class:`fmlp.nn.MLP`
+per fit, whose head (:data:`fmlp.nn.HEADS`: ``softmax`` for the classifier, ``identity`` for
+the regressor) gives the loss as a gate (:func:`fmlp.gates.softmax_cross_entropy` or
+:func:`fmlp.gates.squared_error`); the gradients come from fmlp's engine
 (:func:`fmlp.value_and_grad`) and the optimizer is optax.
 
-Training. One epoch is one jitted ``lax.scan`` over fixed-shape mini-batches from
-:func:`fmlp.data.batch_indices` (the last batch padded and masked). The compiled epoch is
-cached per static configuration (activation, output, solver, Nesterov, rows, batch size,
-shuffle) and array shapes, so a refit on data of the same shape does not recompile; the
-hyperparameters ``alpha``, ``learning_rate_init``, ``momentum``, ``beta_1``, ``beta_2`` and
-``epsilon`` are run-time values, so a grid search over them compiles once. To share programs
-further, the inputs are padded with zero columns to a power of two (at least 8; the matching
-rows of the first ``W`` are zero, get zero gradients and stay zero), and a data set that fits
-in one batch (``batch_size >= n_samples``, e.g. ``"auto"`` with up to 200 rows) is padded with
-weight-0 rows to a power of two (at least 64) and not shuffled, since one batch's order does
-not change its gradient. Neither padding changes the result beyond float32 round-off.
+Training. One epoch is the project's compiled epoch, :func:`fmlp.train.make_epoch`: one jitted
+``lax.scan`` over fixed-shape mini-batches from :func:`fmlp.data.batch_indices` (the last
+batch padded and masked), in an order drawn from a key the estimator draws on the host from
+``random_state``. The compiled epoch is cached per static configuration (the net, solver,
+Nesterov, rows, batch size, shuffle, how batches are gathered) and array shapes, so a refit on
+data of the same shape does not recompile; the hyperparameters ``alpha``,
+``learning_rate_init``, ``momentum``, ``beta_1``, ``beta_2`` and ``epsilon`` are run-time
+values, so a grid search over them compiles once. To share programs further, the inputs are
+padded with zero columns to a power of two (at least 8; the matching rows of the first ``W``
+are zero, get zero gradients and stay zero), and a data set that fits in one batch
+(``batch_size >= n_samples``, e.g. ``"auto"`` with up to 200 rows) is padded with weight-0
+rows to a power of two (at least 64) and not shuffled, since one batch's order does not
+change its gradient. Neither padding changes the result beyond float32 round-off.
 
 The loss of a mini-batch ``B`` with sample weights ``w`` is scikit-learn's::
 
@@ -34,8 +38,9 @@ Differences from scikit-learn: parameters are float32 (whatever X's dtype); the 
 always uses a softmax output with one unit per class (also for two classes, where
 scikit-learn uses one logistic unit) and does not support multi-label targets; solvers are
 ``adam`` and ``sgd`` (no ``lbfgs``) with a constant learning rate (no ``learning_rate``,
-``power_t``, ``max_fun``); sparse X is rejected. The initialisation is scikit-learn's
-(uniform weights and biases drawn from ``random_state``).
+``power_t``, ``max_fun``); sparse X is rejected; ``partial_fit`` checks the parameters on
+every call (scikit-learn only on the first), since every call reads them. The initialisation
+is scikit-learn's (uniform weights and biases drawn from ``random_state``).
 
 Example:
   >>> import numpy as np
@@ -52,19 +57,20 @@ from __future__ import annotations
 
 import functools
 import itertools
-import numbers
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from numbers import Integral, Real
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
     _check_sample_weight,
@@ -73,9 +79,10 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from fmlp import data, engine, gates, nn
+from fmlp import gates, nn, train
 
 Array = jax.Array
+_EpochFn = Callable[..., tuple[train.TrainState, Array]]  # train.make_epoch's compiled epoch
 
 ACTIVATIONS: dict[str, str] = {
     "identity": "identity",
@@ -96,11 +103,11 @@ _PREDICT_CHUNK = 256  # rows per compiled forward call: one program for every nu
 class _EpochConfig(NamedTuple):
     """Everything that fixes the compiled epoch besides array shapes (the cache key)."""
 
+    net: nn.MLP  # activation and head; sizes as the programs see them (inputs padded)
     n: int
     batch_size: int
     shuffle: bool
-    activation: str  # fmlp's name
-    output: str  # "softmax" (integer labels) or "identity" (real targets)
+    permute: bool  # gather the epoch's batches up front (train.permuted_copy_fits)
     solver: str
     nesterov: bool
 
@@ -124,11 +131,12 @@ def _optimizer(solver: str, nesterov: bool, **hyper: float) -> optax.GradientTra
 
 
 def _batch_loss(
-    params: nn.Params, x: Array, y: Array, w: Array, alpha: Array, *, activation: str, output: str
+    net: nn.MLP, params: nn.Params, x: Array, y: Array, w: Array, alpha: Array
 ) -> Array:
     """scikit-learn's weighted mini-batch loss plus its L2 penalty, written with gates.
 
     Args:
+      net: the model; its head's per-example loss is ``l`` (:meth:`fmlp.nn.MLP.per_example_loss`).
       params: fmlp MLP parameters.
       x: inputs ``(B, in)``.
       y: integer class ids ``(B,)`` (``softmax``) or targets ``(B, out)`` (``identity``).
@@ -138,11 +146,7 @@ def _batch_loss(
     Returns:
       ``sum(w l) / sum(w) + alpha / 2 * sum ||W||^2 / sum(w)``; 0 when ``sum(w) == 0``.
     """
-    logits = nn.apply(params, x, activation=activation, output="identity")
-    if output == "softmax":
-        per_example = gates.softmax_cross_entropy(logits, y)
-    else:
-        per_example = gates.squared_error(logits, y)
+    per_example = net.per_example_loss(params, x, y)
     # w and alpha are constants of the differentiated function: plain jnp is fine for them.
     total = jnp.sum(w)
     inv_total = jnp.where(total > 0, 1.0 / jnp.maximum(total, 1e-30), 0.0)
@@ -154,57 +158,44 @@ def _batch_loss(
 
 
 @functools.lru_cache(maxsize=128)
-def _compiled_epoch(cfg: _EpochConfig) -> Callable[..., tuple[nn.Params, Any, Array]]:
-    """A jitted ``epoch(params, opt_state, key, x, y, w, alpha) -> (params, opt_state, loss)``.
+def _compiled_epoch(cfg: _EpochConfig) -> _EpochFn:
+    """The project's compiled epoch (:func:`fmlp.train.make_epoch`) for one configuration.
 
-    One ``lax.scan`` over ``ceil(n / batch_size)`` mini-batches of ``batch_size`` rows; the last
-    one is padded and its padding has weight 0. A batch whose weights sum to 0 leaves the
-    parameters and the optimizer state untouched. ``loss`` is the weight-averaged batch loss.
+    ``epoch(state, x, y, w, alpha) -> (state, loss)``: one ``lax.scan`` over
+    ``ceil(n / batch_size)`` mini-batches of :func:`_batch_loss`, in the order drawn from
+    ``state.key``. A batch whose weights sum to 0 leaves the parameters and the optimizer
+    state untouched; ``loss`` is the weight-averaged batch loss. The hyperparameter values
+    come from ``state.opt_state``. The input state is not donated: the estimator keeps its
+    fitted ``params_`` until a fit succeeds, and early stopping keeps the best epoch's params.
     """
-    loss = functools.partial(_batch_loss, activation=cfg.activation, output=cfg.output)
-    grad_fn = engine.value_and_grad(loss)  # fmlp's engine: the gates' hand-written VJPs
-    tx = _optimizer(cfg.solver, cfg.nesterov)  # hyperparameter values come from opt_state
-
-    def epoch(params, opt_state, key, x, y, w, alpha):
-        idx, pad = data.batch_indices(key, cfg.n, cfg.batch_size, shuffle=cfg.shuffle)
-
-        def step(carry, batch):
-            params, opt_state = carry
-            idx, pad = batch
-            wb = w[idx] * pad
-            value, grads = grad_fn(params, x[idx], y[idx], wb, alpha)
-            with jax.numpy_dtype_promotion("standard"):  # optax mixes float32 and int counts
-                updates, new_state = tx.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            keep = jnp.sum(wb) > 0
-            carry = jax.tree.map(
-                lambda new, old: jnp.where(keep, new, old),
-                (new_params, new_state),
-                (params, opt_state),
-            )
-            return carry, (value, jnp.sum(wb))
-
-        (params, opt_state), (losses, weights) = jax.lax.scan(step, (params, opt_state), (idx, pad))
-        total = jnp.sum(weights)
-        return params, opt_state, jnp.sum(losses * weights) / jnp.maximum(total, 1e-30)
-
-    return jax.jit(epoch)
+    return train.make_epoch(
+        functools.partial(_batch_loss, cfg.net),
+        _optimizer(cfg.solver, cfg.nesterov),
+        n=cfg.n,
+        batch_size=cfg.batch_size,
+        shuffle=cfg.shuffle,
+        skip_empty=True,
+        permute=cfg.permute,
+        donate=False,
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "output"))
-def _forward_chunks(params: nn.Params, x: Array, *, activation: str, output: str) -> Array:
+@functools.partial(jax.jit, static_argnames=("net", "logits"))
+def _forward_chunks(params: nn.Params, x: Array, *, net: nn.MLP, logits: bool) -> Array:
     # x: (chunks, _PREDICT_CHUNK, in); every row goes through the same fixed-size program,
     # so a row's output does not depend on how many rows were predicted with it.
-    return jax.lax.map(lambda xb: nn.apply(params, xb, activation=activation, output=output), x)
+    forward = net.logits if logits else net.apply
+    return jax.lax.map(lambda xb: forward(params, xb), x)
 
 
-def _forward(params: nn.Params, X: np.ndarray, *, activation: str, output: str) -> np.ndarray:
-    """``nn.apply`` on host rows ``X`` (n, in) in fixed-size chunks; returns float32 (n, out).
+def _forward(net: nn.MLP, params: nn.Params, X: np.ndarray, *, logits: bool = False) -> np.ndarray:
+    """``net.apply`` (``net.logits`` if ``logits``) on host rows ``X`` (n, in): float32 (n, out).
 
-    Rows and columns are padded like the training data, so one program serves every number
-    of rows and every number of features that pads to the same width.
+    The rows go in fixed-size chunks (a power of two of them) and the columns are padded to
+    the net's input width like the training data, so one program serves every number of rows
+    and every number of features that pads to the same width.
     """
-    (n, n_features), width = X.shape, _padded_width(X.shape[1])
+    (n, n_features), width = X.shape, net.sizes[0]
     chunks = -(-n // _PREDICT_CHUNK)
     chunks = 1 << (chunks - 1).bit_length()  # a power of two: few distinct programs
     padded = np.zeros((chunks * _PREDICT_CHUNK, width), np.float32)
@@ -212,8 +203,8 @@ def _forward(params: nn.Params, X: np.ndarray, *, activation: str, output: str) 
     out = _forward_chunks(
         _pad_inputs(params, width),
         jnp.asarray(padded.reshape(chunks, _PREDICT_CHUNK, width)),
-        activation=activation,
-        output=output,
+        net=net,
+        logits=logits,
     )
     return np.asarray(out).reshape(chunks * _PREDICT_CHUNK, -1)[:n]
 
@@ -264,39 +255,45 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
 
 
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------- the estimators
 
 
-def _check_number(
-    name: str,
-    value: Any,
-    low: float,
-    high: float,
-    *,
-    integer: bool = False,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """Raise ValueError unless ``value`` is a number (an int if ``integer``) in the interval."""
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok:
-        ok = (low < value if low_open else low <= value) and (
-            value < high if high_open else value <= high
-        )
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} in {interval}, got {value!r}.")
+class _PreparedEpoch(NamedTuple):
+    """A fit's compiled epoch and what it runs on (:meth:`_BaseMLP._prepare_epoch`)."""
 
-
-# ----------------------------------------------------------------------------- estimators
+    run: _EpochFn  # _compiled_epoch(cfg)
+    state: train.TrainState  # the initial state; params padded to the net's input width
+    data: tuple[Array, ...]  # (x, y, w, alpha) on the device: run's other arguments
 
 
 class _BaseMLP(BaseEstimator):
     """The fit loop shared by the classifier and the regressor."""
 
-    _output: str  # "softmax" or "identity"
+    _output: str  # the net's head, a name in fmlp.nn.HEADS: "softmax" or "identity"
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "solver": [StrOptions(set(SOLVERS))],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],  # both parts non-empty
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+    }
+    """Each parameter's valid values, checked by scikit-learn's ``_validate_params``."""
 
     def __init__(
         self,
@@ -351,49 +348,40 @@ class _BaseMLP(BaseEstimator):
         raise NotImplementedError
 
     def _validation_score(
-        self, params: nn.Params, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None
+        self,
+        net: nn.MLP,
+        params: nn.Params,
+        X: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None,
     ) -> float:
         raise NotImplementedError
 
     # -- validation
 
+    def _validate_params(self) -> None:
+        """scikit-learn's check of every parameter against :attr:`_parameter_constraints`.
+
+        ``solver='lbfgs'``, scikit-learn's third solver, gets a message saying fmlp lacks it.
+        """
+        if self.solver == "lbfgs":
+            raise InvalidParameterError(
+                f"The 'solver' parameter of {type(self).__name__} must be 'adam' or 'sgd': "
+                "fmlp has no lbfgs. Got 'lbfgs' instead."
+            )
+        super()._validate_params()
+
     def _hidden_sizes(self) -> tuple[int, ...]:
+        """``hidden_layer_sizes`` as a tuple of widths, each a positive integer."""
         sizes = self.hidden_layer_sizes
-        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
+        sizes = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
         for s in sizes:
-            if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1:
+            if not isinstance(s, Integral) or isinstance(s, bool) or s < 1:
                 raise ValueError(
                     f"hidden_layer_sizes must be a positive integer or a sequence of positive "
                     f"integers, got {self.hidden_layer_sizes!r}."
                 )
         return tuple(int(s) for s in sizes)
-
-    def _check_params(self) -> tuple[int, ...]:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}."
-            )
-        if self.solver not in SOLVERS:
-            raise ValueError(
-                f"Unknown solver {self.solver!r}; expected one of {list(SOLVERS)} "
-                "(fmlp has no lbfgs)."
-            )
-        inf = float("inf")
-        _check_number("alpha", self.alpha, 0.0, inf)
-        _check_number("learning_rate_init", self.learning_rate_init, 0.0, inf, low_open=True)
-        _check_number("max_iter", self.max_iter, 1, inf, integer=True)
-        _check_number("tol", self.tol, 0.0, inf)
-        _check_number("momentum", self.momentum, 0.0, 1.0)
-        _check_number(
-            "validation_fraction", self.validation_fraction, 0.0, 1.0, low_open=True, high_open=True
-        )
-        _check_number("beta_1", self.beta_1, 0.0, 1.0, high_open=True)
-        _check_number("beta_2", self.beta_2, 0.0, 1.0, high_open=True)
-        _check_number("epsilon", self.epsilon, 0.0, inf, low_open=True)
-        _check_number("n_iter_no_change", self.n_iter_no_change, 1, inf, integer=True)
-        if self.batch_size != "auto":
-            _check_number("batch_size", self.batch_size, 1, inf, integer=True)
-        return self._hidden_sizes()
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":
@@ -403,12 +391,16 @@ class _BaseMLP(BaseEstimator):
                 f"batch_size={self.batch_size} is larger than the {n} training examples; "
                 f"using {n}.",
                 UserWarning,
-                stacklevel=5,  # the caller of fit or partial_fit
+                stacklevel=6,  # fit's caller: past here, _prepare_epoch, _fit, _fit_context, fit
             )
         return min(int(self.batch_size), n)
 
     # -- fitting
 
+    # On _fit, which fit and partial_fit share: the parameters are validated on every call
+    # (scikit-learn's partial_fit skips it once fitted) and nested scikit-learn calls
+    # (train_test_split, the validation scores) skip their own validation.
+    @_fit_context(prefer_skip_nested_validation=True)
     def _fit(
         self,
         X: Any,
@@ -418,12 +410,13 @@ class _BaseMLP(BaseEstimator):
         incremental: bool = False,
         classes: Any = None,
     ) -> _BaseMLP:
-        hidden = self._check_params()
+        """fit (or partial_fit, ``incremental``): check the data, set up the model, train."""
+        hidden = self._hidden_sizes()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True.")
         fitted = hasattr(self, "params_")
         first = not fitted or (not incremental and not self.warm_start)
-        is_regressor = self._output == "identity"
+        is_regressor = nn.HEADS[self._output].task == "regression"
         y_shape = getattr(y, "shape", ())
         if not is_regressor and len(y_shape) == 2 and y_shape[1] > 1:
             raise ValueError(
@@ -444,8 +437,9 @@ class _BaseMLP(BaseEstimator):
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )
         targets = self._encode_targets(y, first=first, incremental=incremental, classes=classes)
+        n_features = X.shape[1]
         n_outputs = len(self.classes_) if not is_regressor else targets.shape[1]
-        sizes = (X.shape[1], *hidden, n_outputs)
+        sizes = (n_features, *hidden, n_outputs)
         if fitted and not first:
             old = (self.params_[0]["W"].shape[0], *(layer["b"].shape[0] for layer in self.params_))
             if old != sizes:
@@ -454,6 +448,14 @@ class _BaseMLP(BaseEstimator):
                     f"widths as the fitted model {list(old)}, got {list(sizes)}; "
                     "refit from scratch instead."
                 )
+        # The net as the compiled programs see it: zero input columns (and zero rows of the
+        # first W) up to a power of two change no output and get zero gradients, so those
+        # weights stay zero, and data sets with similar numbers of features share programs.
+        net = nn.mlp(
+            (_padded_width(n_features), *hidden, n_outputs),
+            activation=ACTIVATIONS[self.activation],
+            output=self._output,
+        )
 
         rng = check_random_state(self.random_state)
         if first:
@@ -481,7 +483,13 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping:
             X, targets, sample_weight, *validation = self._split(X, targets, sample_weight, rng)
         weights = np.ones(len(X)) if sample_weight is None else sample_weight
-        self._run(X, targets, weights, validation, incremental=incremental)
+        epoch = self._prepare_epoch(net, X, targets, weights, incremental=incremental)
+        params, self._opt_state = self._epoch_loop(
+            net, epoch, validation, n_samples=len(X), incremental=incremental
+        )
+        # The fitted model; _opt_state's first moments stay padded like the programs' params.
+        self.params_ = [{"W": params[0]["W"][:n_features], "b": params[0]["b"]}, *params[1:]]
+        self._net = net
         return self
 
     def _optimizer_state(self, params: nn.Params, *, incremental: bool) -> Any:
@@ -501,7 +509,8 @@ class _BaseMLP(BaseEstimator):
         return _optimizer(*kind, **hyper).init(params)
 
     def _split(self, X, targets, sample_weight, rng):
-        stratify = targets if self._output == "softmax" else None
+        classification = nn.HEADS[self._output].task == "classification"
+        stratify = targets if classification else None
         arrays = [X, targets] + ([] if sample_weight is None else [sample_weight])
         parts = train_test_split(
             *arrays, random_state=rng, test_size=self.validation_fraction, stratify=stratify
@@ -515,48 +524,80 @@ class _BaseMLP(BaseEstimator):
             )
         return X_train, y_train, sw_train, X_val, y_val, sw_val
 
-    def _run(self, X, targets, weights, validation, *, incremental: bool) -> None:
-        """The epoch loop with scikit-learn's stopping rule.
+    def _prepare_epoch(
+        self,
+        net: nn.MLP,
+        X: np.ndarray,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        *,
+        incremental: bool,
+    ) -> _PreparedEpoch:
+        """The compiled epoch for this fit (cached), its data on the device, the first state.
 
-        ``validation`` is ``[X_val, y_val, sample_weight_val]`` with early stopping, else None.
+        ``X`` (n, features) is padded with zero columns to ``net``'s input width and
+        ``self.params_`` to match; ``targets`` (n,) or (n, outputs) and ``weights`` (n,) go
+        along. The state's key is a placeholder: each epoch gets one drawn on the host.
         """
-        n, n_features = X.shape
+        n = len(X)
         batch_size = self._batch_size(n)
-        # Zero input columns (and zero rows of the first W) up to a power of two: they change
-        # no output and get zero gradients, so the weights stay zero, and data sets with
-        # similar numbers of features share one compiled epoch.
-        width = _padded_width(n_features)
+        width = net.sizes[0]
         X = _pad_columns(np.asarray(X, np.float32), width)
         weights = np.asarray(weights, np.float32)
+        shuffle = bool(self.shuffle)
         if batch_size == n:
             # One batch per epoch: its order does not change the gradient, so skip the shuffle,
             # and pad the rows with weight-0 examples to a power of two, so that data sets of
             # similar size share one compiled epoch (the weighted mean is unchanged).
-            rows = _padded_rows(n)
-            X, targets, weights = (_pad_rows(a, rows) for a in (X, targets, weights))
-            cfg_n, batch_size, shuffle = rows, rows, False
-        else:
-            cfg_n, shuffle = n, bool(self.shuffle)
+            n = batch_size = _padded_rows(n)
+            X, targets, weights = (_pad_rows(a, n) for a in (X, targets, weights))
+            shuffle = False
         cfg = _EpochConfig(
-            n=cfg_n,
+            net=net,
+            n=n,
             batch_size=batch_size,
             shuffle=shuffle,
-            activation=ACTIVATIONS[self.activation],
-            output=self._output,
+            permute=train.permuted_copy_fits(X, targets),
             solver=self.solver,
             nesterov=bool(self.nesterovs_momentum),
         )
-        epoch = _compiled_epoch(cfg)
-        x, y, w = jnp.asarray(X), jnp.asarray(targets), jnp.asarray(weights)
-        alpha = jnp.asarray(self.alpha, jnp.float32)
         params = _pad_inputs(self.params_, width)
-        opt_state = self._optimizer_state(params, incremental=incremental)
-        best_params = params
+        state = train.TrainState(
+            params=params,
+            opt_state=self._optimizer_state(params, incremental=incremental),
+            step=jnp.zeros((), jnp.int32),
+            epoch=jnp.zeros((), jnp.int32),
+            key=np.zeros(2, np.uint32),  # replaced by each epoch's own
+        )
+        x, y, w = (jnp.asarray(a) for a in (X, targets, weights))
+        alpha = jnp.asarray(self.alpha, jnp.float32)
+        return _PreparedEpoch(_compiled_epoch(cfg), state, (x, y, w, alpha))
+
+    def _epoch_loop(
+        self,
+        net: nn.MLP,
+        epoch: _PreparedEpoch,
+        validation: list[np.ndarray | None] | None,
+        *,
+        n_samples: int,
+        incremental: bool,
+    ) -> tuple[nn.Params, optax.OptState]:
+        """Epochs until ``max_iter`` (one for partial_fit) or scikit-learn's stopping rule.
+
+        Appends to ``loss_curve_`` (and ``validation_scores_``, computed on ``validation``
+        = ``[X_val, y_val, sample_weight_val]`` with early stopping, else None) and counts
+        ``n_iter_`` and ``t_`` (``n_samples`` training rows per epoch).
+
+        Returns:
+          The params to keep, padded like ``epoch.state``'s (with early stopping, those of the
+          best validation score), and the last optimizer state.
+        """
+        state = best = epoch.state
         self.n_iter_ = self.n_iter_ if incremental else 0
         for _ in range(1 if incremental else self.max_iter):
             # A raw PRNG key drawn on the host: no device round trip to split keys per epoch.
             order_key = self._order_rng.randint(0, 2**32, size=2, dtype=np.uint32)
-            params, opt_state, loss = epoch(params, opt_state, order_key, x, y, w, alpha)
+            state, loss = epoch.run(state._replace(key=order_key), *epoch.data)
             loss = float(loss)
             if not np.isfinite(loss):
                 raise ValueError(
@@ -564,28 +605,19 @@ class _BaseMLP(BaseEstimator):
                     "scale the inputs (e.g. StandardScaler) or lower learning_rate_init."
                 )
             self.n_iter_ += 1
-            self.t_ += n
+            self.t_ += n_samples
             self.loss_curve_.append(loss)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
             if self.early_stopping:
-                score = self._validation_score(params, *validation)
+                score = self._validation_score(net, state.params, *validation)
                 self.validation_scores_.append(score)
                 if self.verbose:
                     print(f"Validation score: {score:f}")
-                if score < self.best_validation_score_ + self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best_params = params
+                if self._update_no_improvement_count(score):
+                    best = state
             else:
-                if loss > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                self.best_loss_ = min(self.best_loss_, loss)
+                self._update_no_improvement_count(loss)
             if self._no_improvement_count > self.n_iter_no_change:
                 if self.verbose:
                     what = "Validation score" if self.early_stopping else "Training loss"
@@ -601,19 +633,38 @@ class _BaseMLP(BaseEstimator):
                     f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
                     "the optimization hasn't converged yet.",
                     ConvergenceWarning,
-                    stacklevel=4,  # the caller of fit
+                    stacklevel=5,  # fit's caller: past here, _fit, _fit_context, fit
                 )
-        params = best_params if self.early_stopping else params
-        self.params_ = [{"W": params[0]["W"][:n_features], "b": params[0]["b"]}, *params[1:]]
-        self._opt_state = opt_state  # for partial_fit; its first moments are padded like params
+        return (best if self.early_stopping else state).params, state.opt_state
+
+    def _update_no_improvement_count(self, value: float) -> bool:
+        """scikit-learn's stopping rule after one epoch; returns whether ``value`` is a new best.
+
+        ``value`` is the epoch's validation score (higher is better) with early stopping, else
+        its training loss (lower is better). ``_no_improvement_count`` grows by one when it
+        does not beat the best so far (``best_validation_score_`` or ``best_loss_``) by
+        ``tol``, else restarts at 0; then the best is updated.
+        """
+        if self.early_stopping:
+            stalled = value < self.best_validation_score_ + self.tol
+            new_best = value > self.best_validation_score_
+            if new_best:
+                self.best_validation_score_ = value
+        else:
+            stalled = value > self.best_loss_ - self.tol
+            new_best = value < self.best_loss_
+            if new_best:
+                self.best_loss_ = value
+        self._no_improvement_count = self._no_improvement_count + 1 if stalled else 0
+        return new_best
 
     # -- prediction
 
-    def _outputs(self, X: Any, output: str) -> tuple[np.ndarray, np.dtype]:
+    def _outputs(self, X: Any, *, logits: bool = False) -> tuple[np.ndarray, np.dtype]:
+        """The fitted net's outputs (its logits if ``logits``) on ``X``, and ``X``'s dtype."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        activation = ACTIVATIONS[self.activation]
-        return _forward(self.params_, X, activation=activation, output=output), X.dtype
+        return _forward(self._net, self.params_, X, logits=logits), X.dtype
 
     @property
     def coefs_(self) -> list[np.ndarray]:
@@ -707,14 +758,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
         return np.searchsorted(self.classes_, y).astype(np.int32)
 
-    def _validation_score(self, params, X, y, sample_weight) -> float:
-        logits = _forward(params, X, activation=ACTIVATIONS[self.activation], output="identity")
+    def _validation_score(self, net, params, X, y, sample_weight) -> float:
+        logits = _forward(net, params, X, logits=True)
         codes = np.argmax(logits, axis=1)
         return float(accuracy_score(y, codes, sample_weight=sample_weight))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, K)``, columns in the order of ``classes_``."""
-        proba, dtype = self._outputs(X, "softmax")
+        proba, dtype = self._outputs(X)
         proba = proba.astype(dtype)
         return proba / proba.sum(axis=1, keepdims=True)
 
@@ -725,7 +776,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row ``(n_samples,)``, as labels from ``classes_``."""
-        logits, _ = self._outputs(X, "identity")
+        logits, _ = self._outputs(X, logits=True)
         return self.classes_[np.argmax(logits, axis=1)]
 
     def __sklearn_tags__(self):
@@ -783,13 +834,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         targets = np.asarray(y, np.float32)
         return targets.reshape(len(targets), -1)
 
-    def _validation_score(self, params, X, y, sample_weight) -> float:
-        pred = _forward(params, X, activation=ACTIVATIONS[self.activation], output="identity")
+    def _validation_score(self, net, params, X, y, sample_weight) -> float:
+        pred = _forward(net, params, X)
         return float(r2_score(y, pred, sample_weight=sample_weight))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions ``(n_samples,)`` for 1-D training targets, else ``(n_samples, outputs)``."""
-        out, dtype = self._outputs(X, "identity")
+        out, dtype = self._outputs(X)
         out = out.astype(dtype)
         return out[:, 0] if self._y_ndim == 1 else out
 

@@ -322,9 +322,10 @@ def test_early_stopping_uses_a_validation_split():
 
 def test_convergence_warning_and_tol_stopping():
     X, y = load_iris(return_X_y=True)
-    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached"):
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached") as record:
         clf = MLPClassifier(**{**SMALL, "max_iter": 3}).fit(X, y)
     assert clf.n_iter_ == 3
+    assert record[0].filename == __file__  # the warning points at the caller of fit
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         clf = MLPClassifier(**SMALL, tol=10.0, n_iter_no_change=2).fit(X, y)
@@ -398,16 +399,19 @@ def test_pipeline_and_grid_search():
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"activation": "softplus"}, "Unknown activation 'softplus'"),
-        ({"solver": "lbfgs"}, "Unknown solver 'lbfgs'.*no lbfgs"),
+        ({"activation": "softplus"}, r"'activation' .* a str among \{.*\}\. Got 'softplus'"),
+        ({"solver": "lbfgs"}, r"'solver' .* must be 'adam' or 'sgd': fmlp has no lbfgs"),
         ({"hidden_layer_sizes": (16, 0)}, "hidden_layer_sizes must be a positive integer"),
-        ({"alpha": -1.0}, r"alpha must be a number in \[0.0, inf\], got -1.0"),
-        ({"batch_size": 0}, r"batch_size must be an integer in \[1, inf\], got 0"),
-        ({"max_iter": 2.5}, "max_iter must be an integer"),
-        ({"learning_rate_init": 0.0}, r"learning_rate_init must be a number in \(0.0, inf\]"),
-        ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \(0.0, 1.0\)"),
-        ({"momentum": 1.5}, r"momentum must be a number in \[0.0, 1.0\]"),
-        ({"n_iter_no_change": 0}, "n_iter_no_change must be an integer"),
+        ({"alpha": -1.0}, r"'alpha' .* a float in the range \[0.0, inf\)\. Got -1.0"),
+        (
+            {"batch_size": 0},
+            r"'batch_size' .* \{'auto'\} or an int in the range \[1, inf\)\. Got 0",
+        ),
+        ({"max_iter": 2.5}, r"'max_iter' .* an int in the range \[1, inf\)\. Got 2.5"),
+        ({"learning_rate_init": 0.0}, r"'learning_rate_init' .* a float in the range \(0.0, inf\)"),
+        ({"validation_fraction": 1.0}, r"'validation_fraction' .* in the range \(0.0, 1.0\)"),
+        ({"momentum": 1.5}, r"'momentum' .* a float in the range \[0.0, 1.0\]\. Got 1.5"),
+        ({"n_iter_no_change": 0}, r"'n_iter_no_change' .* an int in the range \[1, inf\)"),
     ],
 )
 def test_invalid_parameters_are_named(params, match):
@@ -418,8 +422,16 @@ def test_invalid_parameters_are_named(params, match):
 
 def test_batch_size_larger_than_data_is_clipped_with_a_warning():
     X, y = load_iris(return_X_y=True)
-    with pytest.warns(UserWarning, match="batch_size=500 is larger than the 150"):
+    with pytest.warns(UserWarning, match="batch_size=500 is larger than the 150") as record:
         MLPClassifier(**SMALL, batch_size=500, tol=10.0).fit(X, y)
+    assert record[0].filename == __file__  # the warning points at the caller of fit
+
+
+def test_partial_fit_checks_the_parameters_on_every_call():
+    X, y = load_iris(return_X_y=True)
+    clf = MLPClassifier(**SMALL).partial_fit(X, y, classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"The 'alpha' parameter of MLPClassifier"):
+        clf.set_params(alpha=-1.0).partial_fit(X, y)
 
 
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
@@ -453,7 +465,9 @@ def test_gradients_come_from_the_engine(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("fmlp.sklearn must not differentiate with jax's autodiff")
 
-    monkeypatch.setattr(fmlp.engine, "value_and_grad", spy)
+    # train.make_epoch differentiates with its table of gradient backends.
+    monkeypatch.setitem(fmlp.train.VALUE_AND_GRAD, "engine", spy)
+    monkeypatch.setitem(fmlp.train.VALUE_AND_GRAD, "jax", forbidden)
     for name in ("grad", "value_and_grad", "vjp"):
         monkeypatch.setattr(jax, name, forbidden)
     # An empty cache of compiled epochs, so that this fit builds (and differentiates) its own.
