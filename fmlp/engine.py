@@ -10,11 +10,13 @@ The lecture's algorithm, for any function written with gates:
    inputs; a value used several times (fan-out) receives the sum, and a cotangent of a
    broadcast input is summed back to the input's shape in :func:`unbroadcast`.
 
-The engine knows no gate by name and never calls ``jax.grad`` or ``jax.vjp``: those are the
-oracle the tests compare it with. Everything here runs at trace time, so under ``jax.jit``
-forward and backward become a single XLA program, and ``jax.vmap``/``lax.scan`` compose with
-it as with any JAX function. An operation the engine cannot differentiate raises
-:class:`NonDifferentiableError` naming it, never a silent zero.
+The engine owns the notion of a gate (:class:`Gate`, :data:`REGISTRY`, :func:`register`) but
+knows no gate by name: :mod:`fmlp.gates` is the table of fmlp's gates. It never calls
+``jax.grad`` or ``jax.vjp``: those are the oracle the tests compare it with. Everything here
+runs at trace time, so under ``jax.jit`` forward and backward become a single XLA program,
+and ``jax.vmap``/``lax.scan`` compose with it as with any JAX function. An operation the
+engine cannot differentiate raises :class:`NonDifferentiableError` naming it, never a silent
+zero. This module imports nothing of fmlp but :mod:`fmlp.errors`.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import re
 import sys
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fmlp.errors import UnknownGateError
 
 Array = jax.Array
 PyTree = Any
@@ -41,7 +45,7 @@ class NonDifferentiableError(TypeError):
 
 @dataclasses.dataclass(frozen=True)
 class _Record:
-    gate: Any
+    gate: Gate
     params: dict[str, Any]
     inputs: tuple[Any, ...]
     parents: tuple[int | None, ...]  # tape id of each tracked input, None for constants
@@ -225,10 +229,103 @@ def define_operators(table: dict[str, Callable[..., Any]]) -> None:
             setattr(Tracked, name, property(lambda self, fn=fn: fn(self)))
 
 
-# ----------------------------------------------------------------------------- gate calls
+# ----------------------------------------------------------------------------- gates
 
 
-def call_gate(gate: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+class Sample(NamedTuple):
+    """One set of inputs for the gate checkers: positional ``args`` and static ``params``."""
+
+    args: tuple[Any, ...]
+    params: dict[str, Any] = {}
+
+
+SampleFn = Callable[[Array, Any], Sequence[Sample]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Gate:
+    """A differentiable primitive: ``name``, ``forward``, hand-written ``vjp``, checker ``samples``.
+
+    Calling the gate computes ``forward``; if any input is a tracked value, the call is also
+    recorded for the backward pass. ``symbol`` is what :func:`fmlp.viz.graph` draws for a call
+    (default: ``name``).
+    """
+
+    name: str
+    forward: Callable[..., Array]
+    vjp: Callable[..., tuple[Array | None, ...]]
+    samples: SampleFn
+    symbol: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.symbol is None:
+            object.__setattr__(self, "symbol", self.name)
+
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        return call_gate(self, args, params)
+
+    def __repr__(self) -> str:
+        return f"Gate({self.name!r})"
+
+
+class _Registry(dict[str, Gate]):
+    """A dict whose failed lookups raise :class:`~fmlp.errors.UnknownGateError`."""
+
+    def __missing__(self, name: str) -> Gate:
+        raise _unknown_gate(name)
+
+
+def _unknown_gate(name: str) -> UnknownGateError:
+    return UnknownGateError(f"No gate named {name!r}; registered gates: {sorted(REGISTRY)}.")
+
+
+#: Every registered gate by name; ``REGISTRY["nope"]`` raises UnknownGateError.
+REGISTRY: dict[str, Gate] = _Registry()
+
+
+def register(
+    name: str,
+    forward: Callable[..., Array],
+    vjp: Callable[..., tuple[Array | None, ...]],
+    samples: SampleFn,
+    *,
+    symbol: str | None = None,
+    replace: bool = False,
+) -> Gate:
+    """Create a gate and add it to :data:`REGISTRY` (it is then ``fmlp.gates.<name>``).
+
+    Args:
+      name: a Python identifier, unique in the registry.
+      forward: ``forward(*inputs, **params) -> out``, written with ``jax.numpy``.
+      vjp: ``vjp(g, out, *inputs, **params) -> tuple`` of one cotangent (or ``None``) per input.
+      samples: ``samples(key, dtype) -> list[Sample]`` of inputs on which to check the VJP.
+      symbol: what :func:`fmlp.viz.graph` draws for a call, e.g. ``"+"`` (default: ``name``).
+      replace: allow overwriting an existing gate of the same name.
+
+    Returns:
+      The new :class:`Gate`.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"Gate name must be a Python identifier, got {name!r}.")
+    if symbol is not None and not (isinstance(symbol, str) and symbol):
+        raise ValueError(f"Gate symbol must be a non-empty string, got {symbol!r}.")
+    if name in REGISTRY and not replace:
+        raise ValueError(
+            f"A gate named {name!r} is already registered; pass replace=True to overwrite it."
+        )
+    gate = Gate(name, forward, vjp, samples, symbol)
+    REGISTRY[name] = gate
+    return gate
+
+
+def unregister(name: str) -> None:
+    """Remove a gate added with :func:`register` (mainly for tests of user-defined gates)."""
+    if name not in REGISTRY:
+        raise _unknown_gate(name)
+    del REGISTRY[name]
+
+
+def call_gate(gate: Gate, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """Run ``gate`` on ``args``; if any is tracked, record the call on its tape (forward pass)."""
     tapes = {a._tape for a in args if isinstance(a, Tracked)}
     values = tuple(a.value if isinstance(a, Tracked) else a for a in args)
@@ -272,8 +369,6 @@ def _user_frame(frames: Sequence[types.FrameType]) -> types.FrameType | None:
 
 
 def _suggestion(candidates: Sequence[str]) -> str:
-    from fmlp.gates import REGISTRY  # here, not at the top: gates imports this module
-
     for name in candidates:
         name = name.lstrip("_").removeprefix("reduce_")
         if name in REGISTRY:
@@ -500,6 +595,7 @@ class Node:
     value: Array
     grad: Array | None
     path: str | None  # for argument leaves: where it sits, e.g. "[0][1]['W']"
+    symbol: str | None = None  # the gate's drawing symbol when traced; None for argument leaves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,7 +625,17 @@ def trace(fun: Callable[..., Any], *args: Any) -> Graph:
         if isinstance(t, Tracked)
     ]
     nodes += [
-        Node(r.out_id, r.gate.name, r.parents, r.inputs, r.params, r.out, cts.get(r.out_id), None)
+        Node(
+            r.out_id,
+            r.gate.name,
+            r.parents,
+            r.inputs,
+            r.params,
+            r.out,
+            cts.get(r.out_id),
+            None,
+            r.gate.symbol,
+        )
         for r in tape.records
     ]
     constants = [(p, t) for t, p in zip(tracked, paths) if not isinstance(t, Tracked)]

@@ -1,10 +1,12 @@
-"""The gate registry: every differentiable operation fmlp knows, with its hand-written VJP.
+"""The gate table: every differentiable operation fmlp knows, with its hand-written VJP.
 
 A gate is the lecture's PlusGate/StarGate made concrete: a pure ``forward`` in ``jax.numpy``,
-a ``vjp`` that maps the cotangent arriving from the right to one cotangent per input, and
+a ``vjp`` that maps the cotangent arriving from the right to one cotangent per input,
 ``samples`` that the checkers in :mod:`fmlp.testing` use to verify the VJP against
-``jax.vjp`` and finite differences. Adding a gate means adding one :func:`register` call here
-(or in user code); nothing else changes.
+``jax.vjp`` and finite differences, and the ``symbol`` :func:`fmlp.viz.graph` draws. Adding a
+gate means adding one :func:`register` call here (or in user code); nothing else changes.
+:class:`Gate`, :data:`REGISTRY`, :func:`register` and :func:`unregister` live in
+:mod:`fmlp.engine` and are re-exported here.
 
 VJP convention: ``vjp(g, out, *inputs, **params)`` receives the cotangent ``g`` (shape of
 ``out``), the forward output and the forward inputs, and returns a tuple with one entry per
@@ -18,91 +20,34 @@ is differentiable by :func:`jax.grad` (our oracle) and by :func:`fmlp.grad`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fmlp import engine
+from fmlp.engine import REGISTRY as REGISTRY
+from fmlp.engine import Gate as Gate
+from fmlp.engine import Sample as Sample
+from fmlp.engine import SampleFn as SampleFn
+from fmlp.engine import register as register
+from fmlp.engine import unregister as unregister
 
 Array = jax.Array
 
 
-class Sample(NamedTuple):
-    """One set of inputs for the gate checkers: positional ``args`` and static ``params``."""
-
-    args: tuple[Any, ...]
-    params: dict[str, Any] = {}
-
-
-SampleFn = Callable[[Array, Any], Sequence[Sample]]
+def __getattr__(name: str) -> Gate:
+    """``fmlp.gates.<name>`` for a registered gate not defined in this file, e.g. a user's."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute or gate {name!r}")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Gate:
-    """A differentiable primitive: ``name``, ``forward``, hand-written ``vjp``, checker ``samples``.
-
-    Calling the gate computes ``forward``; if any input is a value tracked by
-    :mod:`fmlp.engine`, the call is also recorded for the backward pass.
-    """
-
-    name: str
-    forward: Callable[..., Array]
-    vjp: Callable[..., tuple[Array | None, ...]]
-    samples: SampleFn
-
-    def __call__(self, *args: Any, **params: Any) -> Any:
-        return engine.call_gate(self, args, params)
-
-    def __repr__(self) -> str:
-        return f"Gate({self.name!r})"
-
-
-REGISTRY: dict[str, Gate] = {}
-
-
-def register(
-    name: str,
-    forward: Callable[..., Array],
-    vjp: Callable[..., tuple[Array | None, ...]],
-    samples: SampleFn,
-    *,
-    replace: bool = False,
-) -> Gate:
-    """Create a gate and add it to :data:`REGISTRY` (and to this module as ``fmlp.gates.<name>``).
-
-    Args:
-      name: a Python identifier, unique in the registry.
-      forward: ``forward(*inputs, **params) -> out``, written with ``jax.numpy``.
-      vjp: ``vjp(g, out, *inputs, **params) -> tuple`` of one cotangent (or ``None``) per input.
-      samples: ``samples(key, dtype) -> list[Sample]`` of inputs on which to check the VJP.
-      replace: allow overwriting an existing gate of the same name.
-
-    Returns:
-      The new :class:`Gate`.
-    """
-    if not name.isidentifier():
-        raise ValueError(f"Gate name must be a Python identifier, got {name!r}.")
-    if name in REGISTRY and not replace:
-        raise ValueError(
-            f"A gate named {name!r} is already registered; pass replace=True to overwrite it."
-        )
-    gate = Gate(name, forward, vjp, samples)
-    REGISTRY[name] = gate
-    globals()[name] = gate
-    return gate
-
-
-def unregister(name: str) -> None:
-    """Remove a gate added with :func:`register` (mainly for tests of user-defined gates)."""
-    if name not in REGISTRY:
-        raise KeyError(f"No gate named {name!r}; registered gates: {sorted(REGISTRY)}.")
-    del REGISTRY[name]
-    globals().pop(name, None)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *REGISTRY})
 
 
 # ----------------------------------------------------------------------------- samples
@@ -341,37 +286,43 @@ def _leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> Array:
 
 
 # ----------------------------------------------------------------------------- the gates
-# One register() call per gate: forward, VJP (with its math), sample inputs.
+# One register() call per gate: forward, VJP (with its math), sample inputs, and the
+# symbol fmlp.viz draws (default: the name).
 
 add = register(
     "add",
     lambda x, y: jnp.add(*_broadcast(x, y)),
     lambda g, out, x, y: (g, g),  # d(x + y) = (1, 1)
     _binary_samples(),
+    symbol="+",
 )
 subtract = register(
     "subtract",
     lambda x, y: jnp.subtract(*_broadcast(x, y)),
     lambda g, out, x, y: (g, -g),  # d(x - y) = (1, -1)
     _binary_samples(),
+    symbol="-",
 )
 multiply = register(
     "multiply",
     lambda x, y: jnp.multiply(*_broadcast(x, y)),
     _multiply_vjp,
     _binary_samples(),
+    symbol="*",
 )
 divide = register(
     "divide",
     lambda x, y: jnp.divide(*_broadcast(x, y)),
     _divide_vjp,
     _binary_samples(low=0.5),
+    symbol="/",
 )
 negate = register(
     "negate",
     jnp.negative,
     lambda g, out, x: (-g,),  # d(-x) = -1
     _unary_samples(),
+    symbol="neg",
 )
 identity = register(
     "identity",
@@ -384,6 +335,7 @@ square = register(
     jnp.square,
     lambda g, out, x: (2.0 * g * x,),  # d x^2 = 2 x
     _unary_samples(),
+    symbol="x²",
 )
 exp = register(
     "exp",
@@ -408,12 +360,14 @@ sigmoid = register(
     jax.nn.sigmoid,
     lambda g, out, x: (g * out * (1.0 - out),),  # d sigma = sigma (1 - sigma)
     _unary_samples(),
+    symbol="σ",
 )
 relu = register(
     "relu",
     _relu_forward,
     lambda g, out, x: (jnp.where(x > 0, g, jnp.zeros_like(g)),),  # d relu = [x > 0]
     _unary_samples(),
+    symbol="ReLU",
 )
 leaky_relu = register(
     "leaky_relu",
@@ -421,6 +375,7 @@ leaky_relu = register(
     # d leaky_relu = 1 if x > 0 else slope
     lambda g, out, x, negative_slope=0.01: (jnp.where(x > 0, g, negative_slope * g),),
     _unary_samples(negative_slope=0.1),
+    symbol="LeakyReLU",
 )
 astype = register(
     "astype",
@@ -428,18 +383,20 @@ astype = register(
     lambda g, out, x, dtype: (g.astype(x.dtype),),  # d cast = 1, in the input's precision
     _astype_samples,
 )
-matmul = register("matmul", _matmul_forward, _matmul_vjp, _matmul_samples)
+matmul = register("matmul", _matmul_forward, _matmul_vjp, _matmul_samples, symbol="@")
 transpose = register(
     "transpose",
     jnp.transpose,  # reverses all axes, like .T on an array
     lambda g, out, x: (jnp.transpose(g),),  # reversing the axes is its own inverse
     _transpose_samples,
+    symbol="T",
 )
 sum = register(  # shadows the builtin on purpose: fmlp.gates.sum, like jnp.sum
     "sum",
     lambda x, axis=None: jnp.sum(x, axis=axis),
     lambda g, out, x, axis=None: (_expand_reduced(g, x.shape, axis),),  # d sum = 1 per element
     _reduction_samples,
+    symbol="Σ",
 )
 mean = register(
     "mean",
@@ -469,13 +426,17 @@ softmax_cross_entropy = register(
     _softmax_cross_entropy,
     _softmax_cross_entropy_vjp,
     _loss_samples,
+    symbol="CrEnt",
 )
-squared_error = register("squared_error", _squared_error, _squared_error_vjp, _regression_samples)
+squared_error = register(
+    "squared_error", _squared_error, _squared_error_vjp, _regression_samples, symbol="SqErr"
+)
 mean_squared_error = register(
     "mean_squared_error",
     lambda outputs, targets: jnp.mean(jnp.square(jnp.subtract(*_broadcast(outputs, targets)))),
     _mean_squared_error_vjp,
     _regression_samples,
+    symbol="MSE",
 )
 
 engine.define_operators(

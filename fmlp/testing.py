@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmlp import engine
-from fmlp.gates import REGISTRY, Gate, sample_rng
+from fmlp.engine import REGISTRY, Gate
+from fmlp.errors import UnknownGateError
+from fmlp.gates import sample_rng
 
 PyTree = Any
 
@@ -90,9 +92,10 @@ def compare_gate(
     tolerance: float | None = None,
     fd_tolerance: float = FD_TOLERANCE,
 ) -> GateReport:
-    """Compare a gate's hand-written VJP with the oracles on all of its samples; never raises.
+    """Compare a gate's hand-written VJP with the oracles on all of its samples.
 
-    Arguments as in :func:`check_gate`; returns a :class:`GateReport`.
+    Arguments as in :func:`check_gate`; returns a :class:`GateReport` listing any mismatch
+    instead of raising. An unknown gate name raises :class:`~fmlp.errors.UnknownGateError`.
     """
     gate = REGISTRY[gate] if isinstance(gate, str) else gate
     key = jax.random.key(0) if key is None else key
@@ -142,6 +145,7 @@ def check_gate(
 
     Raises:
       GradientCheckError: with a report of every failing sample.
+      UnknownGateError: no gate of that name is registered.
     """
     report = compare_gate(
         gate, key=key, dtype=dtype, tolerance=tolerance, fd_tolerance=fd_tolerance
@@ -248,7 +252,7 @@ def check_all_gates(
     names = sorted(REGISTRY) if names is None else list(names)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise KeyError(f"No gate named {unknown}; registered gates: {sorted(REGISTRY)}.")
+        raise UnknownGateError(f"No gate named {unknown}; registered gates: {sorted(REGISTRY)}.")
     return [compare_gate(name, key=key, dtype=d) for name in names for d in dtypes]
 
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fmlp import engine
+from fmlp.errors import GraphvizError
 
 
 def _figure(**kwargs: Any) -> Any:
@@ -89,28 +90,6 @@ def confusion_matrix(
 # The lecture's circuit figures: one node per gate call with its forward value and gradient,
 # one leaf per input. :func:`graph` traces with fmlp.engine.trace and writes DOT source in
 # the scheme :class:`GraphDrawing` documents.
-
-_SYMBOLS = {
-    "add": "+",
-    "subtract": "-",
-    "multiply": "*",
-    "divide": "/",
-    "negate": "neg",
-    "matmul": "@",
-    "transpose": "T",
-    "square": "x²",
-    "sum": "Σ",
-    "sigmoid": "σ",
-    "relu": "ReLU",
-    "leaky_relu": "LeakyReLU",
-    "softmax_cross_entropy": "CrEnt",
-    "squared_error": "SqErr",
-    "mean_squared_error": "MSE",
-}  # other gates are drawn with their own name (tanh, exp, log, mean, softmax, ...)
-
-
-class GraphvizError(RuntimeError):
-    """Graphviz's ``dot`` program is missing, or it failed to render."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,10 +214,11 @@ def graph(
 ) -> GraphDrawing:
     """Trace ``f(*args)`` and draw its computation graph with forward values and gradients.
 
-    Every gate call becomes a node showing its symbol, output shape and, for arrays of at
-    most ``max_elements`` elements, its value and the gradient of ``f``'s (scalar) output
-    with respect to it; each argument leaf becomes an input node named after ``f``'s
-    parameter and its pytree path, each non-float argument (e.g. integer labels) a constant.
+    Every gate call becomes a node showing its gate's ``symbol`` (see
+    :func:`fmlp.engine.register`), output shape and, for arrays of at most ``max_elements``
+    elements, its value and the gradient of ``f``'s (scalar) output with respect to it; each
+    argument leaf becomes an input node named after ``f``'s parameter and its pytree path,
+    each non-float argument (e.g. integer labels) a constant.
 
     Args:
       f: a function written with gates, as for :func:`fmlp.grad`.
@@ -306,8 +286,7 @@ def graph(
                 constants.append((x, source))
                 add_node(source, "constant", "const", None, x, None)
             edges.append(Edge(source, f"n{node.id}", i))
-        name = _SYMBOLS.get(node.gate, node.gate)
-        add_node(f"n{node.id}", "gate", name, node.gate, node.value, node.grad)
+        add_node(f"n{node.id}", "gate", node.symbol, node.gate, node.value, node.grad)
     return GraphDrawing(_to_dot(nodes, edges), tuple(nodes), tuple(edges))
 
 

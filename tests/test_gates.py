@@ -6,13 +6,15 @@ samples keep covering broadcasting and batch sizes, numerics at extreme logits, 
 closed-form gradients, error messages, and that a wrong VJP is caught.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import fmlp
-from fmlp import gates
+from fmlp import engine, gates
+from fmlp.errors import UnknownGateError
 from fmlp.gates import REGISTRY, Sample
 from fmlp.testing import FD_TOLERANCE, TOLERANCE, GradientCheckError, check_gate
 
@@ -55,15 +57,29 @@ EXTREME_LOGITS = [
 # correct class; row 2: all equal; row 3: a tie of two huge logits, one of them correct.
 EXTREME_LABELS = [1, 3, 2, 0]
 
+# What fmlp.viz draws for a gate call, where it is not the gate's name.
+SYMBOLS = {
+    "add": "+",
+    "subtract": "-",
+    "multiply": "*",
+    "divide": "/",
+    "negate": "neg",
+    "matmul": "@",
+    "transpose": "T",
+    "square": "x²",
+    "sum": "Σ",
+    "sigmoid": "σ",
+    "relu": "ReLU",
+    "leaky_relu": "LeakyReLU",
+    "softmax_cross_entropy": "CrEnt",
+    "squared_error": "SqErr",
+    "mean_squared_error": "MSE",
+}
+
 
 def _sample_shapes(name: str, dtype=jnp.float64) -> list[tuple[tuple[int, ...], ...]]:
     samples = REGISTRY[name].samples(jax.random.key(0), dtype)
     return [tuple(jnp.shape(a) for a in s.args) for s in samples]
-
-
-def _assert_finite(tree) -> None:
-    for leaf in jax.tree.leaves(tree):
-        assert np.all(np.isfinite(np.asarray(leaf))), leaf
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -79,7 +95,7 @@ def test_check_gate_every_registered_gate(name, dtype):
         assert isinstance(sample, Sample)
         floats = [a for a in sample.args if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
         assert floats, f"{name}: a sample without any float input checks nothing"
-        assert all(jnp.result_type(a) == jnp.dtype(dtype) for a in floats)
+        chex.assert_type(floats, dtype)
 
     err = check_gate(name, dtype=dtype)
     assert isinstance(err, float)
@@ -134,9 +150,9 @@ def test_softmax_cross_entropy_is_finite_at_extreme_logits(dtype):
     labels = jnp.array(EXTREME_LABELS)
 
     loss = gates.softmax_cross_entropy(logits, labels)
-    assert loss.shape == (4,)
-    assert loss.dtype == dtype
-    _assert_finite(loss)
+    chex.assert_shape(loss, (4,))
+    chex.assert_type(loss, dtype)
+    chex.assert_tree_all_finite(loss)
     assert float(loss[0]) == pytest.approx(2e4, rel=1e-6)
     assert float(loss[1]) == pytest.approx(0.0, abs=1e-6)
     assert float(loss[2]) == pytest.approx(np.log(4.0), rel=1e-5)
@@ -146,14 +162,14 @@ def test_softmax_cross_entropy_is_finite_at_extreme_logits(dtype):
         return gates.mean(gates.softmax_cross_entropy(z, labels))
 
     g_engine = fmlp.grad(mean_loss)(logits)
-    _assert_finite(g_engine)
+    chex.assert_tree_all_finite(g_engine)
     g_jax = jax.grad(mean_loss)(logits)
     np.testing.assert_allclose(g_engine, g_jax, atol=1e-6)
 
     ct = jnp.ones((4,), dtype)
     g_logits, g_labels = gates.softmax_cross_entropy.vjp(ct, loss, logits, labels)
     assert g_labels is None
-    _assert_finite(g_logits)
+    chex.assert_tree_all_finite(g_logits)
     expected = jax.nn.softmax(logits) - jax.nn.one_hot(labels, 4, dtype=dtype)
     np.testing.assert_allclose(g_logits, expected, atol=1e-6)
 
@@ -163,7 +179,7 @@ def test_softmax_cross_entropy_is_finite_at_extreme_logits(dtype):
 def test_softmax_and_log_softmax_are_finite_at_extreme_logits(name, dtype):
     logits = jnp.array(EXTREME_LOGITS, dtype)
     out = REGISTRY[name](logits)
-    _assert_finite(out)
+    chex.assert_tree_all_finite(out)
     if name == "softmax":
         np.testing.assert_allclose(jnp.sum(out, axis=-1), np.ones(4), rtol=1e-6)
         np.testing.assert_allclose(out[1], [0.0, 0.0, 0.0, 1.0], atol=1e-6)
@@ -226,7 +242,7 @@ def test_integer_labels_get_no_cotangent(logits_and_labels):
     # Like JAX: an integer primal gets a float0 cotangent of its shape.
     assert d_labels_j.dtype == jax.dtypes.float0
     assert d_labels_e.dtype == jax.dtypes.float0
-    assert d_labels_e.shape == labels.shape == d_labels_j.shape
+    chex.assert_shape([d_labels_e, d_labels_j], labels.shape)
 
 
 def test_probability_targets_get_the_jax_cotangent(key):
@@ -239,10 +255,10 @@ def test_probability_targets_get_the_jax_cotangent(key):
     _, vjp_j = jax.vjp(gates.softmax_cross_entropy, logits, probs)
     ours, ref = vjp_e(ct), vjp_j(ct)
     assert ours[1] is not None
-    assert ours[1].shape == probs.shape
+    chex.assert_shape(ours[1], probs.shape)
     assert not np.allclose(ours[1], 0.0)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_equal_shapes_and_dtypes(ours, ref)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-12, atol=1e-14)
     # d l / d t = -log p, scaled by the cotangent of each row.
     expected = -ct[:, None] * jax.nn.log_softmax(logits)
     np.testing.assert_allclose(ours[1], expected, rtol=1e-12)
@@ -253,7 +269,7 @@ def test_squared_error_is_half_the_summed_square_per_example(key):
     o = jax.random.normal(k1, (7, 3), jnp.float64)
     t = jax.random.normal(k2, (7, 3), jnp.float64)
     e = gates.squared_error(o, t)
-    assert e.shape == (7,)
+    chex.assert_shape(e, (7,))
     np.testing.assert_allclose(e, 0.5 * np.sum((np.asarray(o) - np.asarray(t)) ** 2, axis=-1))
 
     g_o, g_t = fmlp.grad(lambda o, t: gates.sum(gates.squared_error(o, t)), argnums=(0, 1))(o, t)
@@ -264,7 +280,7 @@ def test_squared_error_is_half_the_summed_square_per_example(key):
 def test_squared_error_of_a_scalar_and_of_one_vector():
     assert float(gates.squared_error(jnp.float64(3.0), jnp.float64(1.0))) == 2.0
     v = gates.squared_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0]))
-    assert v.shape == ()
+    chex.assert_shape(v, ())
     assert float(v) == 2.5
 
 
@@ -273,7 +289,7 @@ def test_mean_squared_error_is_the_mean_of_squares(key):
     o = jax.random.normal(k1, (7, 3), jnp.float64)
     t = jax.random.normal(k2, (7, 3), jnp.float64)
     mse = gates.mean_squared_error(o, t)
-    assert mse.shape == ()
+    chex.assert_shape(mse, ())
     np.testing.assert_allclose(mse, np.mean((np.asarray(o) - np.asarray(t)) ** 2), rtol=1e-12)
     g = fmlp.grad(gates.mean_squared_error)(o, t)
     np.testing.assert_allclose(g, 2.0 * (o - t) / 21.0, rtol=1e-12)
@@ -328,9 +344,51 @@ def test_register_rejects_a_name_that_is_not_an_identifier(name):
     assert name not in REGISTRY
 
 
-def test_unregister_an_unknown_gate_raises():
-    with pytest.raises(KeyError, match="No gate named 'no_such_gate'"):
-        gates.unregister("no_such_gate")
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        gates.unregister,
+        lambda name: REGISTRY[name],
+        check_gate,
+        fmlp.testing.compare_gate,
+        lambda name: fmlp.testing.check_all_gates([name, "tanh"]),
+    ],
+    ids=["unregister", "REGISTRY[name]", "check_gate", "compare_gate", "check_all_gates"],
+)
+def test_an_unknown_gate_name_raises_unknown_gate_error(lookup):
+    with pytest.raises(UnknownGateError, match=r"No gate named .*'no_such_gate'") as info:
+        lookup("no_such_gate")
+    assert isinstance(info.value, KeyError)  # what these raised before UnknownGateError
+    assert "registered gates: [" in str(info.value) and "'tanh'" in str(info.value)
+    assert "no_such_gate" not in REGISTRY
+
+
+def test_an_unknown_gate_is_no_attribute_of_the_module():
+    assert not hasattr(gates, "no_such_gate")
+    with pytest.raises(AttributeError, match="no attribute or gate 'no_such_gate'"):
+        gates.no_such_gate  # noqa: B018
+
+
+def test_the_engine_owns_the_gate_and_gates_re_exports_it():
+    assert gates.Gate is engine.Gate and gates.Sample is engine.Sample
+    assert gates.REGISTRY is engine.REGISTRY and gates.SampleFn is engine.SampleFn
+    assert gates.register is engine.register and gates.unregister is engine.unregister
+    assert isinstance(REGISTRY, dict)
+
+
+def test_each_gate_carries_its_drawing_symbol():
+    drawn = {name: gate.symbol for name, gate in REGISTRY.items() if gate.symbol != name}
+    assert drawn == SYMBOLS
+    assert gates.tanh.symbol == "tanh" and gates.softmax.symbol == "softmax"
+
+
+@pytest.mark.parametrize("symbol", ["", 3, b"+"], ids=["empty", "int", "bytes"])
+def test_register_rejects_a_symbol_that_is_not_a_non_empty_string(symbol):
+    with pytest.raises(ValueError, match=r"symbol must be a non-empty string, got "):
+        gates.register(
+            "tmp_bad_symbol", jnp.tanh, lambda g, out, x: (g,), gates.tanh.samples, symbol=symbol
+        )
+    assert "tmp_bad_symbol" not in REGISTRY
 
 
 # ----------------------------------------------------------------------------- user gates
@@ -366,19 +424,37 @@ def test_register_and_unregister_a_gate(temporary_gates):
     )
     assert isinstance(gate, gates.Gate)
     assert REGISTRY["tmp_double"] is gate is gates.tmp_double
+    assert "tmp_double" in dir(gates)
     assert repr(gate) == "Gate('tmp_double')"
+    assert gate.symbol == "tmp_double"  # the default: its name
     replaced = gates.register(
         "tmp_double",
         lambda x: 3.0 * x,
         lambda g, out, x: (3.0 * g,),
         _softplus_samples,
+        symbol="3x",
         replace=True,
     )
     assert REGISTRY["tmp_double"] is replaced is gates.tmp_double
+    assert replaced.symbol == "3x"
     assert float(gates.tmp_double(jnp.float64(2.0))) == 6.0
     gates.unregister("tmp_double")
     assert "tmp_double" not in REGISTRY
     assert not hasattr(gates, "tmp_double")
+    assert "tmp_double" not in dir(gates)
+
+
+def test_register_by_keyword_as_the_readme_shows(temporary_gates):
+    gate = temporary_gates(
+        "tmp_softplus",
+        forward=lambda x: jnp.logaddexp(x, 0.0),
+        vjp=lambda g, out, x: (g * jax.nn.sigmoid(x),),
+        samples=_softplus_samples,
+        symbol="softplus",
+    )
+    assert gates.tmp_softplus is gate
+    assert (gate.name, gate.symbol) == ("tmp_softplus", "softplus")
+    assert float(gate(jnp.float64(0.0))) == pytest.approx(np.log(2.0))
 
 
 @pytest.mark.parametrize(
@@ -429,7 +505,7 @@ def test_a_correct_user_gate_passes_and_composes(temporary_gates, key):
         return gates.mean(gates.tanh(gates.matmul(softplus(gates.matmul(x, w)), v)))
 
     assert fmlp.testing.check_grad(f, w, v, argnums=(0, 1)) < 1e-9
-    gw, gv = fmlp.grad(f, argnums=(0, 1))(w, v)
-    jw, jv = jax.grad(f, argnums=(0, 1))(w, v)
-    np.testing.assert_allclose(gw, jw, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(gv, jv, rtol=1e-10, atol=1e-14)
+    ours = fmlp.grad(f, argnums=(0, 1))(w, v)
+    ref = jax.grad(f, argnums=(0, 1))(w, v)
+    chex.assert_trees_all_equal_shapes_and_dtypes(ours, ref)
+    chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-14)

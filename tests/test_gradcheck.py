@@ -66,7 +66,8 @@ def test_gradcheck_catches_a_wrong_vjp_and_exits_1(user_module, capsys):
     [
         (["gradcheck", "--module", "no_such_module_xyz"], "no_such_module_xyz"),
         (["gradcheck", "--module", "missing_file.py"], "no such file"),
-        (["gradcheck", "--gate", "no_such_gate"], "no_such_gate"),
+        # fmlp.errors.UnknownGateError: the message as is, not in KeyError's quotes
+        (["gradcheck", "--gate", "no_such_gate"], "error: No gate named ['no_such_gate']; "),
     ],
 )
 def test_gradcheck_bad_input_exits_2(argv, message, capsys):

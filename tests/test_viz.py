@@ -15,13 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import fmlp
-from fmlp import cli, gates, nn, viz
+from fmlp import cli, errors, gates, nn, viz
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION = "configs/lecture_classification.yaml"
@@ -191,14 +192,12 @@ def test_leaf_gradients_are_fmlp_grad(key, output):
             expected[f"params[{i}]['{k}']"] = (layer[k], grads[0][i][k])
     if output == "identity":
         expected["t"] = (t, grads[2])
-    for name, (value, grad) in expected.items():
-        # Exact shortest round-trip decimals: parsing gives back the very same float64s.
-        np.testing.assert_array_equal(
-            np.array(ast.literal_eval(named[name]["value"])), value, err_msg=name
-        )
-        np.testing.assert_array_equal(
-            np.array(ast.literal_eval(named[name]["grad"])), grad, err_msg=name
-        )
+    # Exact shortest round-trip decimals: parsing gives back the very same float64s.
+    drawn = {
+        name: tuple(np.array(ast.literal_eval(named[name][k])) for k in ("value", "grad"))
+        for name in expected
+    }
+    chex.assert_trees_all_equal(drawn, expected)
     assert named["mean"]["value"] == str(np.float64(loss(params, x, t))).removesuffix(".0")
 
 
@@ -216,6 +215,31 @@ def test_literal_constants_and_argument_names():
     assert list(custom)[:3] == ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"one name per argument \(3\), got 2"):
         viz.graph(circuit, 1.0, 2.0, 3.0, names=["a", "b"])
+
+
+def test_a_gate_is_drawn_with_the_symbol_it_was_registered_with():
+    quadruple = (lambda x: 4.0 * x, lambda g, out, x: (4.0 * g,), gates.tanh.samples)
+    named = gates.register("tmp_quad", *quadruple)
+    shown = gates.register("tmp_quad4", *quadruple, symbol='4"x')
+    try:
+        nodes, _ = parse_dot(viz.graph(lambda x: shown(named(x)), 1.0).dot)
+    finally:
+        gates.unregister("tmp_quad")
+        gates.unregister("tmp_quad4")
+    drawn = [(a["name"], a["gate"], a["label"]) for a in nodes.values() if a["kind"] == "gate"]
+    # No symbol given: the gate's name; a quote in a symbol is escaped like any DOT value.
+    assert drawn == [
+        ("tmp_quad", "tmp_quad", "tmp_quad\n()\nvalue 4\ngrad 4"),
+        ('4"x', "tmp_quad4", '4"x\n()\nvalue 16\ngrad 1'),
+    ]
+
+
+def test_an_unregistered_gate_is_drawn_with_its_own_symbol():
+    """The drawing asks the gate, never the registry (a Gate need not be registered)."""
+    gate = gates.Gate("tmp_loose", jnp.tanh, lambda g, out, x: (g,), gates.tanh.samples, "L")
+    assert "tmp_loose" not in gates.REGISTRY
+    drawing = viz.graph(lambda x: gate(x), 0.5)
+    assert [(n.name, n.gate) for n in drawing.nodes] == [("x", None), ("L", "tmp_loose")]
 
 
 def test_a_non_scalar_output_has_values_but_no_gradients():
@@ -258,6 +282,8 @@ def test_render_writes_dot_and_names_what_is_missing(tmp_path, monkeypatch):
     with pytest.raises(viz.GraphvizError, match="apt-get install graphviz"):
         drawing.render(tmp_path / "circuit.svg")
     assert not (tmp_path / "circuit.svg").exists()
+    assert viz.GraphvizError is errors.GraphvizError
+    assert issubclass(viz.GraphvizError, errors.FmlpError)
 
 
 # ----------------------------------------------------------------------------- fmlp graph
