@@ -14,6 +14,7 @@ the restoring process has (CPU included). Every process of a multi-process run c
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ import jax
 import orbax.checkpoint as ocp
 
 from fmlp import parallel
-from fmlp.errors import NoCheckpointError
+from fmlp.errors import NoCheckpointError, StorageError
 
 PyTree = Any
+_STORAGE_FAULTS = re.compile(
+    r"No space left|Disk quota|Read-only file system|Permission denied|Input/output error"
+)
 
 
 def _manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
@@ -43,30 +47,47 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, keep: int = 2, best_mode: str = "min"):
-        root = Path(run_dir) / "checkpoints"
+        self.root = root = Path(run_dir) / "checkpoints"
         self.latest = _manager(root / "latest", max_to_keep=keep)
         self.best = _manager(
             root / "best", max_to_keep=1, best_fn=lambda m: m["metric"], best_mode=best_mode
         )
 
     def save(self, epoch: int, state: PyTree, meta: dict[str, Any], metric: float) -> None:
-        """Save ``state`` (a pytree of arrays) and JSON ``meta`` as epoch ``epoch``."""
+        """Save ``state`` (a pytree of arrays) and JSON ``meta`` as epoch ``epoch``.
+
+        Raises:
+          fmlp.errors.StorageError: the disk is full or read-only; the checkpoints saved
+            before are untouched (orbax writes a step beside them and renames it when done).
+        """
         host = parallel.fetch(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
-        self.latest.save(epoch, args=args, force=True)
-        self.best.save(epoch, args=args, metrics={"metric": float(metric)}, force=True)
+        try:
+            self.latest.save(epoch, args=args, force=True)
+            if epoch not in self.best.all_steps():  # already there: the same epoch of this run
+                self.best.save(epoch, args=args, metrics={"metric": float(metric)}, force=True)
+        except Exception as err:  # orbax and tensorstore wrap the OSError in their own types
+            if not (isinstance(err, OSError) or _STORAGE_FAULTS.search(str(err))):
+                raise
+            raise StorageError(
+                f"could not write the checkpoint of epoch {epoch} under {self.root}: "
+                f"{_first_line(err)}"
+            ) from err
 
     def latest_epoch(self) -> int | None:
         """The newest complete checkpoint's epoch, or None."""
         return self.latest.latest_step()
+
+    def steps(self) -> list[int]:
+        """The epochs of every complete checkpoint in ``latest``, oldest first."""
+        return sorted(self.latest.all_steps())
 
     def restore(self, target: PyTree, *, best: bool = False) -> tuple[PyTree, dict[str, Any]]:
         """Restore into the structure of ``target`` (arrays or ``jax.ShapeDtypeStruct``s);
         return ``(state, meta)``.
 
         Raises:
-          fmlp.errors.NoCheckpointError: when the run has no complete checkpoint (a
-            FileNotFoundError).
+          fmlp.errors.NoCheckpointError: when the run has no complete checkpoint.
         """
         manager = self.best if best else self.latest
         step = manager.best_step() if best else manager.latest_step()
@@ -74,6 +95,45 @@ class Checkpointer:
             raise NoCheckpointError(
                 f"No complete checkpoint in {manager.directory}; start the run without --resume."
             )
+        return self._restore(manager, step, target)
+
+    def restore_newest_intact(
+        self, target: PyTree, warn: Any = None, *, move_aside: bool = True
+    ) -> tuple[PyTree, dict[str, Any]] | None:
+        """Restore the newest checkpoint of ``latest`` that reads back whole.
+
+        A damaged newer one (a truncated file, say) is moved aside to ``<epoch>.damaged``
+        (kept, never deleted; only with ``move_aside``, which one process of a multi-process
+        run does) and ``warn(message)`` says which epoch is used instead. Returns
+        None when ``latest`` holds no checkpoint; raises NoCheckpointError when every one is
+        damaged.
+        """
+        steps = self.steps()
+        for i, step in enumerate(reversed(steps)):
+            try:
+                restored = self._restore(self.latest, step, target)
+            except Exception as err:  # orbax raises many types for a damaged step
+                damaged = f"{self.latest.directory}/{step}"
+                older = steps[-i - 2] if i + 1 < len(steps) else None
+                if older is None:
+                    raise NoCheckpointError(
+                        f"every checkpoint in {self.latest.directory} is damaged (epoch {step}: "
+                        f"{_first_line(err)}); start a new run with another --out, or copy a "
+                        f"step of {self.best.directory} into it to resume from there"
+                    ) from err
+                if warn is not None:
+                    warn(
+                        f"the checkpoint of epoch {step} is damaged ({_first_line(err)}); "
+                        f"moved it to {damaged}.damaged and resuming from epoch {older}"
+                    )
+                if move_aside:
+                    Path(damaged).rename(f"{damaged}.damaged")
+                    self.latest.reload()
+                continue
+            return restored
+        return None
+
+    def _restore(self, manager: ocp.CheckpointManager, step: int, target: PyTree) -> tuple:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
         restored = manager.restore(
             step,
@@ -90,3 +150,8 @@ class Checkpointer:
         for manager in (self.latest, self.best):
             manager.wait_until_finished()
             manager.close()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]

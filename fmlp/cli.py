@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import importlib.util
 import json
 import os
+import re
+import signal
+import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import optax
@@ -84,7 +90,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int | None:
+    if os.environ.get(_SUPERVISED) is None and (
+        config.resolve(args.config, args.overrides).distributed.enabled
+    ):
+        return _supervise(args.argv)
     _, history = run.fit(args.config, overrides=args.overrides, out=args.out, resume=args.resume)
     summary = history["summary"]
     print(json.dumps(summary, indent=2))
@@ -92,10 +102,62 @@ def _train(args: argparse.Namespace) -> None:
     print(f"{metric}: {summary[metric]:.4f}  (run directory: {summary['run_dir']})")
 
 
+_SUPERVISED = "FMLP_SUPERVISED"  # set in the child of a supervised multi-process run
+# A line of absl's log (JAX's runtime): severity, date, time, thread, file:line], message.
+_ABSL = re.compile(r"^(?P<severity>[IWEF])\d{4} [\d:.]+ +\d+ \S+\] (?P<message>.*)")
+
+
+def _supervise(argv: Sequence[str]) -> int:
+    """Run ``fmlp ARGV`` in a child and report a C++ abort of JAX's distributed runtime (a
+    peer that died or never came) as one line instead of a stack trace.
+
+    JAX's coordination client ends the process with a check failure when a peer is lost;
+    no Python code of that process can catch it, so its parent does.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fmlp", *argv],
+        env=os.environ | {_SUPERVISED: "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        preexec_fn=_die_with_parent,
+    )
+    # Ctrl-C reaches the child from the terminal itself; SIGTERM is passed on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    fatal, runtime_logging = None, False
+    for line in child.stderr:
+        match = _ABSL.match(line)
+        if match:
+            runtime_logging = True  # from here on, the runtime's messages are noise
+            if match["severity"] == "F" and fatal is None:
+                fatal = match["message"]
+        if not runtime_logging or line.startswith("fmlp"):
+            sys.stderr.write(line)
+    status = child.wait()
+    if fatal is None:
+        return status if status >= 0 else 128 - status
+    reason = fatal.split(" absl::Status: ")[-1].strip()
+    print(
+        f"fmlp train: error: JAX's distributed runtime stopped this process ({reason}): "
+        "another process of the run died, or never joined within "
+        "distributed.initialization_timeout. Checkpoints already written are kept; restart "
+        "every process with --resume RUN_DIR once all of them can start.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the supervising parent dies (Linux)."""
+    libc = ctypes.CDLL(None)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _eval(args: argparse.Namespace) -> None:
-    run_dir = Path(args.run_dir)
-    result = run.evaluate_run(run_dir, split=args.split, best=args.best)
-    print(json.dumps(result, indent=2))
+    report = run.evaluate_checkpoint(args.run_dir, split=args.split, best=args.best)
+    print(json.dumps(report, indent=2), flush=True)  # shown even if saving it fails
+    run.save_evaluation(args.run_dir, report)
 
 
 def _graph(args: argparse.Namespace) -> None:
@@ -135,7 +197,10 @@ def _model_graph(
     )._replace(compute_dtype=None)  # drawn in the params' dtype, whatever the precision
     params = train.init_state(net, optax.identity(), seed=cfg.train.seed).params
     x, t = jnp.asarray(dataset.x_train[:batch]), jnp.asarray(dataset.y_train[:batch])
-    return viz.graph(net.loss, params, x, t, max_elements=max_elements)
+    # Named as the lecture names them: the drawing labels the leaves params, x and t.
+    return viz.graph(
+        lambda params, x, t: net.loss(params, x, t), params, x, t, max_elements=max_elements
+    )
 
 
 def _bench(argv: Sequence[str]) -> None:
@@ -185,10 +250,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.formatwarning = _one_line_warning
     if argv[:1] == ["bench"]:  # fmlp bench has its own parser: every argument is its
         command, call = "bench", lambda: _bench(argv[1:])
     else:
         args = _parse(argv)
+        args.argv = argv
         command, call = args.command, lambda: COMMANDS[args.command](args)
     try:
         status = call()
@@ -203,13 +270,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         # JAX's shutdown at exit would wait for the lost process and then abort; skip it.
         os._exit(1)
-    except errors.FmlpError as e:
+    except errors.Interrupted as e:
+        print(f"fmlp {command}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (errors.FmlpError, OSError) as e:  # an environment fault: one line, no traceback
         print(f"fmlp {command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"fmlp {command}: interrupted; resume with --resume", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (start-up, eval...)
+        print(f"fmlp {command}: interrupted", file=sys.stderr)
+        return 130
     return status or 0
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any) -> str:
+    return f"fmlp: warning: {message}\n"
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:

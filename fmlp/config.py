@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,25 @@ from fmlp.errors import ConfigError
 
 __all__ = ["ConfigError"]  # re-exported from fmlp.errors
 
+# Upper bounds: far beyond any real run, low enough that no value can ask for an allocation
+# or a loop that cannot end (the memory a model needs is estimated when it is built).
+MAX_WIDTH = 2**20
+MAX_EXAMPLES = 2**31 - 1
+MAX_EPOCHS = 10**6
+MAX_DEVICES = 2**16
+MAX_SECONDS = 7 * 24 * 3600
+MAX_EXPANDED_NODES = 10_000  # YAML nodes after aliases are expanded
+MAX_DEPTH = 32  # YAML nesting
+
+# (regex, what it means) for string fields.
+_ADDRESS = (
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+    r":(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})",
+    "host:port with a port in 1..65535, e.g. 10.0.0.1:1234",
+)
+_NAME = (r"(?!\.\.?$)[^/\\\x00]+", "a file name, with no '/' or '\\' (and not '.' or '..')")
+_PATH = (r"[^\x00]+", "a non-empty path")
+
 
 def _field(
     default: Any,
@@ -44,6 +64,8 @@ def _field(
     max: float | None = None,
     min_exclusive: bool = False,
     max_exclusive: bool = False,
+    pattern: tuple[str, str] | None = None,
+    limit: int | None = None,
 ) -> Any:
     """A dataclass field whose constraints live in its metadata, read by :func:`_check`.
 
@@ -56,6 +78,8 @@ def _field(
         "max": max,
         "min_exclusive": min_exclusive,
         "max_exclusive": max_exclusive,
+        "pattern": pattern,
+        "limit": limit,  # a cap against runaway values, checked after the range
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
@@ -80,7 +104,8 @@ class ModelConfig(_Section):
 
     _prefix: ClassVar[str] = "model."
 
-    hidden: list[int] = _field([100], min=1)  # noqa: RUF009 (_field copies list defaults)
+    # _field copies list defaults
+    hidden: list[int] = _field([100], min=1, limit=MAX_WIDTH)  # noqa: RUF009
     activation: str = _field("tanh", choices=nn.ACTIVATIONS)
     # softmax: classification net, cross-entropy loss; identity: regression net, squared error.
     output: str = _field("softmax", choices=nn.HEADS)
@@ -97,8 +122,8 @@ class DataConfig(_Section):
     path: str | None = _field(None)
     validation_fraction: float = _field(0.1, min=0.0, max=1.0, max_exclusive=True)
     normalize: str = _field("standardize", choices=data.NORMALIZATIONS)
-    subset: int | None = _field(None, min=1)
-    synthetic_examples: int = _field(2000, min=10)
+    subset: int | None = _field(None, min=1, limit=MAX_EXAMPLES)
+    synthetic_examples: int = _field(2000, min=10, limit=10**7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +140,7 @@ class OptimizerConfig(_Section):
     schedule: str = _field(
         "constant", choices=("constant", "cosine", "warmup_cosine", "exponential")
     )
-    warmup_epochs: int = _field(0, min=0)
+    warmup_epochs: int = _field(0, min=0, limit=MAX_EPOCHS)
     decay_rate: float = _field(0.9, min=0.0, max=1.0, min_exclusive=True)
     clip_norm: float | None = _field(None, min=0.0, min_exclusive=True)
 
@@ -126,15 +151,17 @@ class TrainConfig(_Section):
 
     _prefix: ClassVar[str] = "train."
 
-    epochs: int = _field(20, min=1)
-    batch_size: int = _field(128, min=1)  # the lecture's mini-batch of 128
-    seed: int = _field(0)
+    epochs: int = _field(20, min=1, limit=MAX_EPOCHS)
+    batch_size: int = _field(128, min=1, limit=MAX_EXAMPLES)  # the lecture's mini-batch of 128
+    seed: int = _field(0, min=0, max=2**32, max_exclusive=True)  # a uint32, as JAX's keys take
     gradients: str = _field("engine", choices=("engine", "jax"))
-    unroll: int = _field(1, min=1)  # mini-batch steps per iteration of the epoch's loop
-    checkpoint_every: int = _field(1, min=1)
-    keep_checkpoints: int = _field(2, min=1)
-    eval_batch_size: int = _field(1024, min=1)
-    check_gradients_every: int | None = _field(None, min=1)  # epochs between parity checks
+    # mini-batch steps per iteration of the epoch's loop
+    unroll: int = _field(1, min=1, limit=1024)
+    checkpoint_every: int = _field(1, min=1, limit=MAX_EPOCHS)
+    keep_checkpoints: int = _field(2, min=1, limit=1000)
+    eval_batch_size: int = _field(1024, min=1, limit=MAX_EXAMPLES)
+    # epochs between parity checks
+    check_gradients_every: int | None = _field(None, min=1, limit=MAX_EPOCHS)
     gradient_tolerance: float = _field(1e-4, min=0.0, min_exclusive=True)
 
 
@@ -147,8 +174,9 @@ class ParallelConfig(_Section):
 
     _prefix: ClassVar[str] = "parallel."
 
-    data: int | None = _field(None, min=1)
-    model: int = _field(1, min=1)  # > 1 shards wide layers' columns over this many devices
+    data: int | None = _field(None, min=1, limit=MAX_DEVICES)
+    # > 1 shards wide layers' columns over this many devices
+    model: int = _field(1, min=1, limit=MAX_DEVICES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +191,13 @@ class DistributedConfig(_Section):
 
     _prefix: ClassVar[str] = "distributed."
 
-    coordinator_address: str | None = _field(None)  # host:port of process 0
-    num_processes: int | None = _field(None, min=1)
-    process_id: int | None = _field(None, min=0)
+    coordinator_address: str | None = _field(None, pattern=_ADDRESS)  # host:port of process 0
+    num_processes: int | None = _field(None, min=1, limit=MAX_DEVICES)
+    process_id: int | None = _field(None, min=0, limit=MAX_DEVICES)
     from_environment: bool = _field(False)
-    initialization_timeout: int = _field(300, min=1)  # seconds to wait for every process
-    heartbeat_timeout: int = _field(100, min=1)  # seconds of silence that mark a process dead
+    # seconds to wait for every process; of silence that mark a process dead
+    initialization_timeout: int = _field(300, min=1, limit=MAX_SECONDS)
+    heartbeat_timeout: int = _field(100, min=1, limit=MAX_SECONDS)
 
     @property
     def enabled(self) -> bool:
@@ -183,8 +212,8 @@ class RunConfig(_Section):
 
     _prefix: ClassVar[str] = "run."
 
-    name: str | None = _field(None)
-    out_dir: str = _field("runs")
+    name: str | None = _field(None, pattern=_NAME)
+    out_dir: str = _field("runs", pattern=_PATH)
     progress: str = _field("auto", choices=("auto", "always", "never"))
 
 
@@ -238,9 +267,19 @@ _hints = functools.cache(typing.get_type_hints)
 _TYPE_NAMES = {bool: "boolean (true/false)", int: "integer", float: "number", str: "string"}
 
 
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel, _EXCERPT.maxlist, _EXCERPT.maxdict = 3, 6, 6
+_EXCERPT.maxstring = _EXCERPT.maxother = 60
+
+
+def _excerpt(value: Any) -> str:
+    """A bounded repr: a huge (or alias-expanded) value never floods an error message."""
+    return _EXCERPT.repr(value)
+
+
 def _show(value: Any) -> str:
     """A received value as the error message shows it: ``null`` or its repr and type."""
-    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+    return "null" if value is None else f"{_excerpt(value)} ({type(value).__name__})"
 
 
 def _optional_inner(tp: Any) -> Any | None:
@@ -331,9 +370,22 @@ def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(value, choices, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{path}: expected one of {', '.join(choices)}; got {value!r}{hint}")
+        raise ConfigError(
+            f"{path}: expected one of {', '.join(choices)}; got {_excerpt(value)}{hint}"
+        )
+    pattern = meta.get("pattern")
+    if pattern is not None and not re.fullmatch(pattern[0], value):
+        raise ConfigError(f"{path}: expected {pattern[1]}, got {_excerpt(value)}")
     if not _in_bounds(value, meta):
-        raise ConfigError(f"{path}: expected {_describe(tp)} {_bounds(meta)}, got {value!r}")
+        raise ConfigError(
+            f"{path}: expected {_describe(tp)} {_bounds(meta)}, got {_excerpt(value)}"
+        )
+    limit = meta.get("limit")
+    if limit is not None and value > limit:
+        raise ConfigError(
+            f"{path}: expected at most {limit:,}, got {_excerpt(value)}; no run needs more, "
+            "and the value would ask for more memory or time than any machine has"
+        )
     return value
 
 
@@ -366,7 +418,8 @@ def _build(cls: type[_Section], raw: Any, path: str) -> Any:
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``1e-3`` as a float and rejects duplicate keys."""
+    """``yaml.SafeLoader`` that reads ``1e-3`` as a float, rejects duplicate keys and leading
+    zeros, and bounds the work a document can ask for (alias expansion and nesting)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
@@ -375,10 +428,21 @@ class _Loader(yaml.SafeLoader):
                 key = self.construct_scalar(key_node)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                        None, None, f"duplicate key {_excerpt(key)}", key_node.start_mark
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+    def construct_leading_zero(self, node: yaml.ScalarNode) -> Any:
+        digits = node.value.replace("_", "")
+        octal = set(digits.lstrip("+-")) <= set("01234567")
+        reads = f"the octal number {int(digits, 8)}" if octal else "a string"
+        raise yaml.constructor.ConstructorError(
+            None, None,
+            f"{node.value} has a leading zero, so YAML 1.1 reads it as {reads}; write it "
+            "without the leading zero, or quote it if it is text",
+            node.start_mark,
+        )  # fmt: skip
 
 
 # YAML 1.1 (PyYAML) reads 1e-3 and 1.0e3 as strings; learning rates are written that way.
@@ -387,10 +451,62 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+# ... and 010 as the octal 8: refused instead (checked before YAML's own int resolver).
+_LEADING_ZERO = "tag:fmlp,leading-zero"
+_Loader.yaml_implicit_resolvers = {
+    first: [(_LEADING_ZERO, re.compile(r"^[-+]?0[0-9_]+$"))] * (first in "-+0") + list(rules)
+    for first, rules in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_constructor(_LEADING_ZERO, _Loader.construct_leading_zero)
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand beyond :data:`MAX_EXPANDED_NODES` nodes or that
+    nests deeper than :data:`MAX_DEPTH`, counting without building anything."""
+    expanded: dict[int, int] = {}  # node id -> nodes it stands for once aliases are expanded
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, children_done = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"nested deeper than {MAX_DEPTH} levels (line {node.start_mark.line + 1}); "
+                "a config is a mapping of sections of keys"
+            )
+        children = [] if isinstance(node, yaml.ScalarNode) else list(_children(node))
+        if children_done:
+            expanded[id(node)] = 1 + sum(expanded[id(c)] for c in children)
+            if expanded[id(node)] > MAX_EXPANDED_NODES:
+                raise ConfigError(
+                    f"the document expands to more than {MAX_EXPANDED_NODES} values once its "
+                    f"YAML aliases (*name) are expanded (line {node.start_mark.line + 1}); "
+                    "write the values out instead"
+                )
+        elif id(node) not in expanded:
+            stack.append((node, depth, True))
+            stack += [(c, depth + 1, False) for c in children if id(c) not in expanded]
+
+
+def _children(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return (n for pair in node.value for n in pair)
 
 
 def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+    """Parse YAML text safely (no arbitrary objects) and with bounded work."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_size(root)
+        return loader.construct_document(root)
+    except RecursionError:
+        raise ConfigError(
+            f"nested deeper than {MAX_DEPTH} levels; a config is a mapping of sections of keys"
+        ) from None
+    finally:
+        loader.dispose()
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -507,8 +623,13 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
         raw = _parse_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(err)}") from None
+    sections = ", ".join(f.name for f in dataclasses.fields(Config))
+    if raw is None:
+        raise ConfigError(
+            f"{path}: the file is empty; expected a mapping of sections ({sections}), e.g. "
+            "copy configs/digits.yaml"
+        )
     if not isinstance(raw, Mapping):
-        sections = ", ".join(f.name for f in dataclasses.fields(Config))
         raise ConfigError(
             f"{path}: expected a mapping of sections ({sections}) at the top level, "
             f"got {_show(raw)}"
@@ -516,10 +637,14 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     return from_dict(apply_overrides(raw, overrides))
 
 
+def dumps(cfg: Config) -> str:
+    """``cfg`` as YAML text; :func:`load` reads it back to an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
 def save(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML to ``path``; :func:`load` reads it back to an equal config."""
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
-    Path(path).write_text(text, encoding="utf-8")
+    Path(path).write_text(dumps(cfg), encoding="utf-8")
 
 
 def resolve(

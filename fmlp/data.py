@@ -21,6 +21,7 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_TRAILING_READ = 1 << 20  # bytes read past an IDX payload to say how much is left over
 _INSTALL_HINT = (
     "install it with `apt-get install -y dataset-fashion-mnist` "
     "or set data.path to a directory holding the IDX files"
@@ -105,28 +107,37 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            compressed = path.suffix == ".gz" or f.read(2) == _GZIP_MAGIC
     except FileNotFoundError:
         raise DataError(f"IDX file {path} does not exist.") from None
     except OSError as err:
         raise DataError(f"Cannot read IDX file {path}: {err}.") from err
-    if path.suffix == ".gz" or raw.startswith(_GZIP_MAGIC):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError(
-                f"IDX file {path} is not a valid gzip file ({err}); download it again."
-            ) from err
-
-    if len(raw) < 4:
+    # Streamed: the header says how many bytes must follow, so a file (or a gzip member that
+    # inflates) that holds more is refused after reading one byte too many, not all of it.
+    try:
+        with gzip.open(path) if compressed else path.open("rb") as f:
+            return _read_idx_stream(f, path)
+    except (OSError, EOFError, zlib.error) as err:
+        if not compressed:
+            raise DataError(f"Cannot read IDX file {path}: {err}.") from err
         raise DataError(
-            f"IDX file {path} is too short for a header: expected at least 4 bytes, got {len(raw)}."
+            f"IDX file {path} is not a valid gzip file ({err}); download it again."
+        ) from err
+
+
+def _read_idx_stream(f: Any, path: Path) -> np.ndarray:
+    start = f.read(4)
+    if len(start) < 4:
+        raise DataError(
+            f"IDX file {path} is too short for a header: expected at least 4 bytes, "
+            f"got {len(start)}."
         )
-    zero0, zero1, type_code, ndim = raw[:4]
+    zero0, zero1, type_code, ndim = start
     if zero0 != 0 or zero1 != 0:
         raise DataError(
             f"IDX file {path} has a bad magic number: expected the first two bytes to be 0, "
-            f"got {raw[:4].hex()}; is it an IDX file?"
+            f"got {start.hex()}; is it an IDX file?"
         )
     if type_code not in _IDX_DTYPES:
         codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
@@ -136,22 +147,45 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if ndim < 1:
         raise DataError(f"IDX file {path} declares 0 dimensions; expected at least 1.")
     header = 4 + 4 * ndim
-    if len(raw) < header:
+    shape = f.read(4 * ndim)
+    if len(shape) < 4 * ndim:
         raise DataError(
             f"IDX file {path} is truncated inside its header: expected at least {header} bytes "
-            f"for {ndim} dimensions, got {len(raw)}."
+            f"for {ndim} dimensions, got {4 + len(shape)}."
         )
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(d) for d in np.frombuffer(shape, dtype=">u4"))
+    if dims[0] == 0:
+        raise DataError(f"IDX file {path} holds 0 examples (its header's shape is {dims}).")
     dtype = _IDX_DTYPES[type_code]
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
-        problem = "truncated" if len(raw) < expected else "has trailing bytes"
+    size = math.prod(dims) * dtype.itemsize
+    if size > available_memory():
         raise DataError(
-            f"IDX file {path} {problem}: its header announces shape {dims} of {dtype.name}, "
-            f"so expected {expected} bytes, got {len(raw)}."
+            f"IDX file {path} announces shape {dims} of {dtype.name}: {size / 2**30:.1f} GiB, "
+            f"more than the {available_memory() / 2**30:.1f} GiB of memory available."
         )
-    values = np.frombuffer(raw, dtype=dtype, offset=header)
+    payload = f.read(size)
+    if len(payload) < size:
+        raise DataError(
+            f"IDX file {path} truncated: its header announces shape {dims} of {dtype.name}, "
+            f"so expected {header + size} bytes, got {header + len(payload)}."
+        )
+    rest = len(f.read(_TRAILING_READ))  # bounded: a huge tail is not read to its end
+    if rest:
+        more = " or more" if rest == _TRAILING_READ else ""
+        raise DataError(
+            f"IDX file {path} has trailing bytes: its header announces shape {dims} of "
+            f"{dtype.name}, so expected {header + size} bytes, got {header + size + rest}{more}."
+        )
+    values = np.frombuffer(payload, dtype=dtype)
     return values.reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def available_memory() -> int:
+    """Bytes of memory the first local device can still allocate (the host's, on a CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST

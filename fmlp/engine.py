@@ -182,6 +182,13 @@ class Tracked:
     def __iter__(self) -> Any:
         raise non_differentiable("iteration")
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached for names Tracked does not define. An array method (x.reshape, x.sum) is
+        # named; anything else (JAX probes attributes such as .aval) is a plain miss.
+        if name in _ARRAY_METHODS:
+            raise non_differentiable(f"the array method .{name}()", name)
+        raise AttributeError(name)
+
     def __getitem__(self, index: Any) -> Any:
         raise non_differentiable("indexing/slicing")
 
@@ -189,6 +196,13 @@ class Tracked:
         raise non_differentiable("item assignment")
 
     __hash__ = object.__hash__
+
+
+_ARRAY_METHODS = frozenset(
+    name
+    for name in dir(jax.Array)
+    if not name.startswith("_") and callable(getattr(jax.Array, name, None))
+)
 
 
 def _unsupported_operator(symbol: str) -> Callable[..., Any]:

@@ -5,7 +5,8 @@ a gate name, a missing checkpoint — which the user fixes; ``fmlp`` exits 2 for
 nothing else. Each keeps the built-in base it always had (``ValueError``, ``KeyError``,
 ``FileNotFoundError``), so a user's ``except ValueError`` still catches it. The other family
 (:class:`TrainingDiverged`, :class:`GradientMismatch`, :class:`DistributedError`,
-:class:`GraphvizError`) is a fault of the run or its environment: exit 1.
+:class:`GraphvizError`, :class:`StorageError`) is a fault of the run or its environment:
+exit 1; :class:`Interrupted` exits 128 + the signal.
 
 This module imports nothing, so every layer of fmlp may raise these.
 """
@@ -62,3 +63,23 @@ class DistributedError(FmlpError, RuntimeError):
 
 class GraphvizError(FmlpError, RuntimeError):
     """Graphviz's ``dot`` program is missing, or it failed to render."""
+
+
+class StorageError(FmlpError, OSError):
+    """Saving failed for a reason of the machine, not the input: the disk is full, the storage
+    is read-only. What was saved before stays intact."""
+
+
+class Interrupted(FmlpError):
+    """The run received SIGINT (Ctrl-C) or SIGTERM; the last complete checkpoint is kept.
+
+    ``signum`` is the signal; ``fmlp`` exits ``128 + signum`` (130, 143), as shells do.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class RunDirectoryWarning(UserWarning):
+    """Something in a run directory was skipped or repaired on read (e.g. a torn last line)."""

@@ -14,6 +14,8 @@ then spans every process's devices and each process runs the same program.
 from __future__ import annotations
 
 import dataclasses
+import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,8 @@ def initialize(cfg: DistributedConfig) -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
+    if cfg.process_id not in (None, 0) and cfg.coordinator_address is not None:
+        _wait_for_coordinator(cfg.coordinator_address, cfg.initialization_timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over TCP
     try:
         jax.distributed.initialize(
@@ -66,6 +70,30 @@ def initialize(cfg: DistributedConfig) -> bool:
             "distributed.from_environment=true on a cluster that sets them."
         ) from err
     return True
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Wait until process 0's coordinator accepts connections at ``address`` (host:port).
+
+    JAX's own client aborts the whole process (a C++ check failure) when it cannot register
+    in time; checking first turns an unreachable coordinator into a DistributedError.
+    """
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                reason = err.strerror or err
+                raise DistributedError(
+                    f"cannot reach the coordinator at distributed.coordinator_address={address} "
+                    f"within distributed.initialization_timeout={timeout:g} s ({reason}); start "
+                    "process 0 first, with the same address, and check that this host can "
+                    "reach it"
+                ) from None
+            time.sleep(0.5)
 
 
 def make_mesh(data: int | None = None, model: int = 1) -> Mesh:

@@ -18,11 +18,20 @@ nothing else reads or writes its files:
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
+import io
 import json
 import math
 import os
+import reprlib
+import shutil
+import signal
+import socket
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +42,14 @@ import numpy as np
 import optax
 
 from fmlp import checkpoint, config, data, nn, parallel, train, viz
-from fmlp.errors import DistributedError, RunDirectoryError, TrainingDiverged
+from fmlp.errors import (
+    DistributedError,
+    Interrupted,
+    RunDirectoryError,
+    RunDirectoryWarning,
+    StorageError,
+    TrainingDiverged,
+)
 
 Array = jax.Array
 Source = config.Config | dict[str, Any] | str | os.PathLike[str]
@@ -45,13 +61,22 @@ PathLike = str | os.PathLike[str]
 
 class RunDir:
     """The run directory at ``path``: every file's name, and the only code that reads or
-    writes them. Files are replaced whole (written beside, then renamed)."""
+    writes them.
+
+    Write-ahead discipline: a new run directory is built under a hidden name beside its
+    place and renamed into it complete; every file is replaced whole (written beside,
+    flushed to disk, renamed); ``metrics.jsonl`` grows by whole lines, and a torn last line
+    (what a crash mid-write leaves) is skipped on read with a warning. While a run trains,
+    it holds an exclusive lock on ``.lock`` (which names its pid and host).
+    """
 
     CONFIG, MODEL, NORMALIZER = "config.yaml", "model.json", "normalizer.npz"
-    METRICS, SUMMARY, PLOTS = "metrics.jsonl", "summary.json", "plots"
+    METRICS, SUMMARY, PLOTS, LOCK = "metrics.jsonl", "summary.json", "plots", ".lock"
+    CHECKPOINTS = "checkpoints"
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
+        self._lock: int | None = None  # the lock file's descriptor while we hold it
 
     def __str__(self) -> str:
         return str(self.path)
@@ -60,20 +85,101 @@ class RunDir:
         """Whether a run was started here (its ``config.yaml`` exists)."""
         return (self.path / self.CONFIG).exists()
 
+    # -- a new run
+
     def require_new(self) -> None:
-        """Raise :class:`RunDirectoryError` if a run was already started here."""
+        """Raise :class:`RunDirectoryError` unless a new run may be created here: the path
+        is free or an empty directory, and no file stands where a folder must be."""
         if self.holds_run():
             raise RunDirectoryError(
                 f"{self.path} already holds a run; continue it with --resume {self.path} "
                 "or choose another --out."
             )
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists() and not parent.is_dir():
+                what = "is a file" if parent == self.path else f"is below the file {parent}"
+                raise RunDirectoryError(f"--out {self.path} {what}; choose a directory path.")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            names = ", ".join(sorted(p.name for p in self.path.iterdir())[:5])
+            raise RunDirectoryError(
+                f"--out {self.path} is not empty ({names}) but holds no run (no config.yaml); "
+                "fmlp writes a run only into a new or empty directory: choose another --out"
+                + (", or restore its config.yaml to --resume it" if self._has_checkpoints() else "")
+                + "."
+            )
+
+    def stage(self) -> Path:
+        """Make the hidden folder a new run is built in (beside ``path``) and return it.
+
+        Made before the data is read, so a path that cannot be written is reported first.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        (staging / self.PLOTS).mkdir(parents=True)
+        return staging
+
+    def create(self, staging: Path, cfg: config.Config, net: nn.MLP, ds: data.Dataset) -> None:
+        """Write what a run starts with into ``staging``, rename it to ``path``, lock it."""
+        staged = RunDir(staging)
+        staged.write_config(cfg)
+        info = {"sizes": list(net.sizes), "num_classes": ds.num_classes}
+        staged._write(self.MODEL, (json.dumps(info) + "\n").encode())
+        if ds.mean is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, mean=ds.mean, std=ds.std)
+            staged._write(self.NORMALIZER, buffer.getvalue())
+        staged._write(self.METRICS, b"")
+        try:
+            staging.rename(self.path)  # replaces an empty directory, never a full one
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise RunDirectoryError(
+                f"{self.path} was filled by another process while this run started; "
+                "choose another --out."
+            ) from None
+        _fsync_dir(self.path.parent)
+        self.lock()
+
+    # -- the lock
+
+    def lock(self) -> None:
+        """Take the run's exclusive lock, or raise RunDirectoryError naming its holder."""
+        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirectoryError(
+                f"{self.path} is in use by fmlp ({holder}); wait for that run to end, or "
+                "choose another --out."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock = fd
+
+    def unlock(self) -> None:
+        """Release the lock (the file stays; it is harmless without the lock held)."""
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
+            self._lock = None
+
+    # -- the config and the model
 
     def read_config(self, *, flag: str = "") -> config.Config:
         """The run's saved config; ``flag`` (e.g. ``--resume``) prefixes the error."""
         if not self.holds_run():
+            what = (
+                "it holds checkpoints but lost its config.yaml: restore that file to use it"
+                if self._has_checkpoints()
+                else "so it is not an fmlp run directory"
+            )
             raise RunDirectoryError(
-                f"{flag + ' ' if flag else ''}{self.path}: no config.yaml there, so it is not "
-                "an fmlp run directory."
+                f"{flag + ' ' if flag else ''}{self.path}: no config.yaml there, {what}."
             )
         return config.load(self.path / self.CONFIG)
 
@@ -106,55 +212,92 @@ class RunDir:
             distributed=cfg.distributed,
         )
 
-    def create(self, cfg: config.Config, net: nn.MLP, dataset: data.Dataset) -> None:
-        """Write what a run starts with: config, model sizes, normalizer, ``plots/``."""
-        (self.path / self.PLOTS).mkdir(parents=True, exist_ok=True)
-        config.save(cfg, self._tmp(self.CONFIG))
-        self._commit(self.CONFIG)
-        info = {"sizes": list(net.sizes), "num_classes": dataset.num_classes}
-        self._write_text(self.MODEL, json.dumps(info) + "\n")
-        if dataset.mean is not None:
-            with self._tmp(self.NORMALIZER).open("wb") as f:
-                np.savez(f, mean=dataset.mean, std=dataset.std)
-            self._commit(self.NORMALIZER)
+    def write_config(self, cfg: config.Config) -> None:
+        """Replace ``config.yaml``."""
+        self._write(self.CONFIG, config.dumps(cfg).encode())
 
     def model(self, cfg: config.Config) -> nn.MLP:
         """The run's net: the saved sizes, the config's activation, head and precision."""
-        sizes = json.loads((self.path / self.MODEL).read_text())["sizes"]
+        path = self.path / self.MODEL
+        try:
+            sizes = json.loads(path.read_text())["sizes"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise RunDirectoryError(
+                f"{path} is missing or damaged ({type(err).__name__}: {err}); it holds the "
+                "run's layer sizes, without which its checkpoints cannot be read."
+            ) from None
         return train.build_model(cfg, num_features=sizes[0], num_outputs=sizes[-1])
 
-    def normalizer(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The saved ``(mean, std)`` of the training features, or None if the run has none."""
-        path = self.path / self.NORMALIZER
-        if not path.exists():
+    def normalizer(self, cfg: config.Config) -> tuple[np.ndarray, np.ndarray] | None:
+        """The saved ``(mean, std)`` of the training features; None for a run that did not
+        normalise (``data.normalize: none``).
+
+        Raises:
+          RunDirectoryError: the run normalised its inputs but ``normalizer.npz`` is missing
+            or damaged: predictions without it would be silently wrong.
+        """
+        if cfg.data.normalize == "none":
             return None
-        with np.load(path) as stats:
-            return stats["mean"], stats["std"]
+        path = self.path / self.NORMALIZER
+        try:
+            with np.load(path) as stats:
+                return stats["mean"], stats["std"]
+        except (OSError, ValueError, KeyError) as err:
+            raise RunDirectoryError(
+                f"{path} is missing or damaged ({type(err).__name__}); the run standardised "
+                "its inputs (data.normalize: standardize) with the statistics it holds, so "
+                "predictions without it would be wrong. Restore the file from a copy of the "
+                "run, or train again."
+            ) from None
+
+    # -- metrics and reports
 
     def read_history(self, upto: int) -> list[dict[str, Any]]:
-        """The metrics of epochs ``1..upto``, as logged."""
+        """The metrics of epochs ``1..upto``, as logged; a torn last line is skipped."""
         path = self.path / self.METRICS
         if not path.exists():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text(errors="replace").splitlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                    raise ValueError("not an object with an integer epoch")
+            except ValueError as err:
+                if number < len(lines):
+                    raise RunDirectoryError(
+                        f"{path}, line {number}: {err}; the metrics log is damaged before its "
+                        "end. Repair or remove that line to resume."
+                    ) from None
+                warnings.warn(
+                    f"{path}: skipped its last line ({_excerpt(line)}), cut short by an "
+                    "interrupted write",
+                    RunDirectoryWarning,
+                    stacklevel=2,
+                )
+                continue
+            rows.append(row)
         return [row for row in rows if row["epoch"] <= upto]
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` with ``rows``."""
-        self._write_text(self.METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        self._write(self.METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        """Add one epoch's line to ``metrics.jsonl``."""
+        """Add one epoch's line to ``metrics.jsonl``, whole, and flush it to disk."""
         with (self.path / self.METRICS).open("a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json``."""
-        self._write_text(self.SUMMARY, json.dumps(summary, indent=2) + "\n")
+        self._write(self.SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
     def write_eval(self, split: str, report: dict[str, Any]) -> None:
         """Write ``eval_<split>.json``."""
-        self._write_text(f"eval_{split}.json", json.dumps(report, indent=2) + "\n")
+        self._write(f"eval_{split}.json", (json.dumps(report, indent=2) + "\n").encode())
 
     def plots(self) -> Path:
         """The ``plots/`` folder (created if missing)."""
@@ -162,19 +305,42 @@ class RunDir:
         path.mkdir(exist_ok=True)
         return path
 
+    # -- checkpoints
+
     def checkpointer(self, *, keep: int = 2, best_mode: str = "min") -> checkpoint.Checkpointer:
         """The orbax checkpoints under ``checkpoints/``."""
         return checkpoint.Checkpointer(self.path, keep=keep, best_mode=best_mode)
 
-    def _tmp(self, name: str) -> Path:
-        return self.path / f".{name}.tmp"
+    def _has_checkpoints(self) -> bool:
+        root = self.path / self.CHECKPOINTS
+        return root.is_dir() and any(root.rglob("_CHECKPOINT_METADATA"))
 
-    def _commit(self, name: str) -> None:
-        self._tmp(name).replace(self.path / name)
+    def _write(self, name: str, payload: bytes) -> None:
+        """Replace file ``name`` whole: write beside it, flush to disk, rename."""
+        tmp = self.path / f".{name}.tmp"
+        with tmp.open("wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path / name)
+        _fsync_dir(self.path)
 
-    def _write_text(self, name: str, text: str) -> None:
-        self._tmp(name).write_text(text, encoding="utf-8")
-        self._commit(name)
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = 80
+
+
+def _excerpt(text: str) -> str:
+    return _EXCERPT.repr(text)
 
 
 def _new_run_dir(cfg: config.Config, source: Any, out: PathLike | None) -> RunDir:
@@ -279,51 +445,84 @@ def fit(
       fmlp.errors.DistributedError: another process of a multi-process run died or cannot
         be reached; checkpoints up to the last complete epoch stay.
     """
-    run = set_up(source, overrides, out=out, resume=resume)
-    programs = compile_programs(run)
-    bar = _ProgressBar(run)
-    hooks = [stop_if_diverged, log_metrics, check_parity, save_checkpoint, bar.hook]
-    try:
-        trained = train_loop(run, programs, hooks)
-    finally:
-        bar.close()
-        run.ckpt.close()
-    return finish(run, programs, trained)
+    with _Signals() as signals:
+        run = set_up(source, overrides, out=out, resume=resume, signals=signals)
+        try:
+            programs = compile_programs(run)
+            signals.check(run)
+            bar = _ProgressBar(run)
+            hooks = [stop_if_diverged, log_metrics, check_parity, save_checkpoint, bar.hook]
+            try:
+                trained = train_loop(run, programs, [*hooks, signals.check])
+            finally:
+                bar.close()
+            return finish(run, programs, trained)
+        finally:
+            run.ckpt.close()
+            run.dir.unlock()
 
 
 def set_up(
-    source: Source, overrides: Sequence[str], *, out: PathLike | None, resume: PathLike | None
+    source: Source,
+    overrides: Sequence[str],
+    *,
+    out: PathLike | None,
+    resume: PathLike | None,
+    signals: _Signals,
 ) -> Run:
-    """Config, processes, run directory, data, model, optimizer, layout and (resumed) state."""
+    """Config, processes, run directory, data, model, optimizer, layout and (resumed) state.
+
+    Nothing of an existing run is written before its resume is validated and its checkpoint
+    restored; a new run's directory appears complete, once the data and model are built.
+    """
+    if out is not None and resume is not None:
+        raise RunDirectoryError(
+            f"--out {out} and --resume {resume} cannot go together: a resumed run continues "
+            "in its own directory. Drop --out, or start a new run without --resume."
+        )
     cfg = config.resolve(source, overrides)
     parallel.initialize(cfg.distributed)
-    if resume is not None:
-        run_dir = RunDir(resume)
-        cfg = run_dir.resumed_config(cfg)
-    else:
-        run_dir = _new_run_dir(cfg, source, out)
-        run_dir.require_new()
-    dataset = load_dataset(cfg)
-    tc = cfg.train
-    net = train.build_model(cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs)
-    steps_per_epoch = math.ceil(len(dataset.x_train) / tc.batch_size)
-    tx, schedule = train.make_optimizer(
-        cfg.optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
-    )
-    state = train.init_state(net, tx, seed=tc.seed)
-    layout = parallel.layout(cfg.parallel, state, tx, batch_size=tc.batch_size)
     main = parallel.is_main_process()
-    parallel.barrier("fmlp: run directory checked")  # before process 0 writes into it
-    if main:
-        run_dir.create(cfg, net, dataset)
-    best_mode = "max" if net.head.task == "classification" else "min"
-    ckpt = run_dir.checkpointer(keep=tc.keep_checkpoints, best_mode=best_mode)
-    history: list[dict[str, Any]] = []
-    if resume is not None and ckpt.latest_epoch() is not None:
-        state, _ = ckpt.restore(state)
-        history = run_dir.read_history(int(state.epoch))
-    if main:
-        run_dir.write_history(history)
+    run_dir = RunDir(resume) if resume is not None else _new_run_dir(cfg, source, out)
+    staging = None
+    if resume is not None:
+        cfg = run_dir.resumed_config(cfg)  # validated before the lock: a non-run gets no .lock
+        if main:
+            run_dir.lock()
+    elif main:
+        run_dir.require_new()
+        staging = _storage(run_dir.stage, run_dir.path)
+    try:
+        dataset = load_dataset(cfg)
+        signals.check()
+        tc, n = cfg.train, len(dataset.x_train)
+        if tc.batch_size > n:
+            raise config.ConfigError(
+                f"train.batch_size={tc.batch_size} is more than the {n} training examples of "
+                f"data.name={cfg.data.name}; choose train.batch_size <= {n}"
+            )
+        net = train.build_model(
+            cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs
+        )
+        train.check_model_fits(net, batch_size=tc.batch_size)
+        steps_per_epoch = math.ceil(len(dataset.x_train) / tc.batch_size)
+        tx, schedule = train.make_optimizer(
+            cfg.optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
+        )
+        state = train.init_state(net, tx, seed=tc.seed)
+        layout = parallel.layout(cfg.parallel, state, tx, batch_size=tc.batch_size)
+        if resume is not None:
+            ckpt, state, history = _resume(run_dir, cfg, net, state, main)
+        else:
+            if main:
+                _storage(lambda: run_dir.create(staging, cfg, net, dataset), run_dir.path)
+            parallel.barrier("fmlp: run directory created")  # before the others open it
+            ckpt, history = run_dir.checkpointer(**_checkpoint_options(cfg, net)), []
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        run_dir.unlock()
+        raise
     has_val = len(dataset.x_val) > 0
     val = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_train, dataset.y_train)
     arrays = layout.put_replicated((dataset.x_train, dataset.y_train, *val))
@@ -331,6 +530,107 @@ def set_up(
         cfg, run_dir, dataset, net, tx, schedule, layout, layout.put_state(state), arrays,
         ckpt, history, main, has_val,
     )  # fmt: skip
+
+
+def _checkpoint_options(cfg: config.Config, net: nn.MLP) -> dict[str, Any]:
+    best_mode = "max" if net.head.task == "classification" else "min"
+    return {"keep": cfg.train.keep_checkpoints, "best_mode": best_mode}
+
+
+def _resume(
+    run_dir: RunDir, cfg: config.Config, net: nn.MLP, state: train.TrainState, main: bool
+) -> tuple[checkpoint.Checkpointer, train.TrainState, list[dict[str, Any]]]:
+    """Check the run, restore its newest intact checkpoint, then (only then) rewrite its
+    config (the new ``train.epochs``) and cut its metrics back to the restored epoch."""
+    saved = run_dir.model(cfg).sizes
+    if saved != net.sizes:
+        raise RunDirectoryError(
+            f"--resume {run_dir}: its model.json holds layer sizes {list(saved)}, but its "
+            f"config and data give {list(net.sizes)}; the run directory is inconsistent."
+        )
+    logged = run_dir.read_history(cfg.train.epochs + 10**9)
+    every = cfg.train.checkpoint_every
+    if not run_dir._has_checkpoints() and any(row["epoch"] >= every for row in logged):
+        best = sorted((run_dir.path / RunDir.CHECKPOINTS / "best").glob("[0-9]*"))
+        hint = (
+            f"; checkpoints/best still holds epoch {best[-1].name}: evaluate it with "
+            f"`fmlp eval {run_dir} --best`, or copy {best[-1]} into checkpoints/latest/ to "
+            "resume from it"
+            if best
+            else ""
+        )
+        raise RunDirectoryError(
+            f"--resume {run_dir}: metrics.jsonl logs {len(logged)} epochs but checkpoints/"
+            f"latest holds no checkpoint, so there is nothing to resume from{hint}. Start "
+            "afresh with another --out."
+        )
+    ckpt = run_dir.checkpointer(**_checkpoint_options(cfg, net))
+    restored = ckpt.restore_newest_intact(state, warn=_warn, move_aside=main)
+    if restored is not None:
+        state = restored[0]
+    history = [row for row in logged if row["epoch"] <= int(state.epoch)]
+    if main:
+        _storage(lambda: run_dir.write_config(cfg), run_dir.path)
+        _storage(lambda: run_dir.write_history(history), run_dir.path)
+    parallel.barrier("fmlp: run directory resumed")
+    return ckpt, state, history
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RunDirectoryWarning, stacklevel=3)
+
+
+def _storage(write: Callable[[], Any], path: Path) -> Any:
+    """Run ``write``; a failure of the storage (full, read-only) becomes StorageError."""
+    try:
+        return write()
+    except OSError as err:
+        if isinstance(err, StorageError):
+            raise
+        raise StorageError(
+            f"could not write in {path}: {err.strerror or err}"
+            + (f" ({err.filename})" if err.filename else "")
+        ) from err
+
+
+class _Signals:
+    """SIGINT and SIGTERM during :func:`fit` end the run between steps, never inside one.
+
+    The handler only records the signal (an exception raised inside XLA's compile or a
+    garbage-collection callback would be lost); :meth:`check`, called between the steps and
+    after every epoch, raises :class:`Interrupted`. A second signal ends the process at once.
+    """
+
+    NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
+
+    def __enter__(self) -> _Signals:
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.NAMES:
+                self.previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            os.write(2, f"fmlp: {self.NAMES[signum]} again: stopping now\n".encode())
+            os._exit(128 + signum)
+        self.received = signum
+
+    def check(self, run: Run | None = None, result: EpochResult | None = None) -> None:
+        """Raise :class:`Interrupted` if a signal came (usable as an epoch hook)."""
+        if self.received is None:
+            return
+        kept = (
+            _kept(run, "complete", f"continue with --resume {run.dir}")
+            if run is not None
+            else "Nothing was saved."
+        )
+        raise Interrupted(f"stopped by {self.NAMES[self.received]}. {kept}", self.received)
 
 
 def compile_programs(run: Run) -> Programs:
@@ -582,7 +882,7 @@ def load(run_dir: PathLike, *, best: bool = False) -> tuple[nn.Params, Callable[
     run = RunDir(run_dir)
     cfg = run.read_config()
     params = _restore(run, cfg, best=best)
-    mean, std = run.normalizer() or (0.0, 1.0)
+    mean, std = run.normalizer(cfg) or (0.0, 1.0)
     net = run.model(cfg)
     forward = jax.jit(net.apply)
 
@@ -604,15 +904,33 @@ def evaluate_run(run_dir: PathLike, *, split: str = "test", best: bool = False) 
     classification) ``confusion_<split>.png``. Returns the metrics, the confusion matrix as
     nested lists.
     """
+    report = evaluate_checkpoint(run_dir, split=split, best=best)
+    save_evaluation(run_dir, report)
+    return report
+
+
+def evaluate_checkpoint(
+    run_dir: PathLike, *, split: str = "test", best: bool = False
+) -> dict[str, Any]:
+    """The metrics of a run's latest (or best) checkpoint on ``split``; writes nothing."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     params = _restore(run, cfg, best=best)
-    dataset = load_dataset(cfg)
-    result = evaluate_split(cfg, dataset, params, split)
-    metric = train.metric_name(run.model(cfg))
-    _plots(run, run.read_history(upto=cfg.train.epochs), metric, result.get("confusion"), split)
-    report = {"split": split, "checkpoint": "best" if best else "latest"} | {
+    result = evaluate_split(cfg, load_dataset(cfg), params, split)
+    return {"split": split, "checkpoint": "best" if best else "latest"} | {
         k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
     }
-    run.write_eval(split, report)
-    return report
+
+
+def save_evaluation(run_dir: PathLike, report: dict[str, Any]) -> None:
+    """Write an :func:`evaluate_checkpoint` report: ``eval_<split>.json`` and the plots."""
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    split = report["split"]
+    confusion = report.get("confusion")
+    history = run.read_history(upto=cfg.train.epochs)
+    _storage(
+        lambda: _plots(run, history, train.metric_name(run.model(cfg)), confusion, split),
+        run.path,
+    )
+    _storage(lambda: run.write_eval(split, report), run.path)

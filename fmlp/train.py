@@ -14,7 +14,7 @@ mini-batch is split over the ``data`` axis and XLA reduces the gradients.
 from __future__ import annotations
 
 import contextlib
-import os
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from fmlp import config, data, engine, nn, testing
-from fmlp.errors import GradientMismatch, TrainingDiverged
+from fmlp.errors import ConfigError, GradientMismatch, TrainingDiverged
 from fmlp.parallel import Layout
 
 Array = jax.Array
@@ -127,15 +127,29 @@ def permuted_copy_fits(x: Any, y: Any) -> bool:
 
     The epoch then gathers its mini-batches once, up front, and scans over contiguous
     batches (faster: no gather inside the loop). Measured against the device's free memory
-    where it reports it, else the host's available memory, with half of it to spare.
+    (:func:`fmlp.data.available_memory`), with half of it to spare.
     """
     need = sum(a.size * a.dtype.itemsize for a in (x, y))
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return 2 * need <= free
+    return 2 * need <= data.available_memory()
+
+
+def check_model_fits(net: nn.MLP, *, batch_size: int) -> None:
+    """Raise :class:`~fmlp.errors.ConfigError` naming ``model.hidden`` when training ``net``
+    needs more memory than the device has free, estimated before anything is allocated.
+
+    The estimate: params, gradients and two optimizer moments in float32, plus a batch's
+    activations forward and backward.
+    """
+    params = sum(i * o + o for i, o in itertools.pairwise(net.sizes))
+    need = 4 * (4 * params + 2 * batch_size * sum(net.sizes))
+    free = data.available_memory()
+    if need > free:
+        raise ConfigError(
+            f"model.hidden={list(net.sizes[1:-1])}: training this {'-'.join(map(str, net.sizes))} "
+            f"net ({params:,} parameters) at train.batch_size={batch_size} needs about "
+            f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free; use narrower "
+            "hidden layers or a smaller batch"
+        )
 
 
 def make_epoch(

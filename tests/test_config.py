@@ -281,11 +281,18 @@ def test_duplicate_yaml_key_is_an_error(tmp_path):
         load(path)
 
 
-@pytest.mark.parametrize(("text", "got"), [("- 1\n- 2\n", r"\[1, 2\]"), ("", "null")])
-def test_top_level_must_be_a_mapping(tmp_path, text, got):
+def test_top_level_must_be_a_mapping(tmp_path):
     path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"expected a mapping of sections .* got \[1, 2\]"):
+        load(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
+def test_an_empty_config_file_is_called_empty(tmp_path, text):
+    path = tmp_path / "empty.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"expected a mapping of sections .* got " + got):
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the file is empty; expected a mapping"):
         load(path)
 
 

@@ -98,7 +98,7 @@ def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
     return {
         str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"  # the run's lock: who holds it, not saved work
     }
 
 
