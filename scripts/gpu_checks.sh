@@ -19,13 +19,14 @@ python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gp
 
 # Issue 4: peers side by side (includes the 8192-wide bf16 case on GPU), and time to 89.5%.
 timeout 300 python3 scripts/bench.py --data-path .fmnist --sweep '' --epochs 3 --rounds 3 \
-  --only fmlp,fmlp-jax,jax-step,nnx,equinox,torch \
+  --only fmlp,fmlp-jax,jax-scan,jax-step,nnx,equinox,torch \
   --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" \
   || echo "exit status $? (124: timed out)"
 # The small model with its loop unrolled 8 steps per iteration (PERF-NOTES: 19.4 -> 15.5 ms
-# per epoch for raw JAX on an H100); compare with the unroll-1 fmlp row above.
+# per epoch for raw JAX on an H100): fmlp and jax-scan, both unrolled; compare with the
+# unroll-1 rows above.
 timeout 45 python3 scripts/bench.py --data-path .fmnist --sizes 784-256-256-10:128 --sweep '' \
-  --only fmlp --unroll 8 --epochs 3 --rounds 3 --out "$OUT/bench_gpu_unroll8.json" 2>&1 | tail -n 4 \
+  --only fmlp,jax-scan --unroll 8 --epochs 3 --rounds 3 --out "$OUT/bench_gpu_unroll8.json" 2>&1 | tail -n 7 \
   || echo "exit status $? (124: timed out)"
 timeout 90 python3 scripts/bench.py --data-path .fmnist --time-to-accuracy 0.895 --rounds 1 \
   --only fmlp,jax-step,torch --out "$OUT/bench_gpu_tta.json" 2>&1 | tail -n 12 \

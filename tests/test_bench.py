@@ -3,6 +3,7 @@
 import functools
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from fmlp import bench, cli
 
 ROOT = Path(__file__).resolve().parents[1]
+CLASSIFICATION = "configs/lecture_classification.yaml"  # synthetic data: trains in seconds
 SIZES = (784, 16, 16, 10)  # as in the report tests below: jitted fmlp.nn.init compiles once
 N, BATCH = 200, 32  # 7 batches, the last one 8 real examples and 24 masked out
 STEPS = -(-N // BATCH)
@@ -20,6 +22,7 @@ STEPS = -(-N // BATCH)
 
 PEER_MODULES = {
     "fmlp-jax": None,
+    "jax-scan": None,
     "jax-step": None,
     "nnx": "flax",
     "equinox": "equinox",
@@ -179,6 +182,19 @@ def test_report_fields_and_table(fashion, tmp_path, monkeypatch, capsys):
     assert [line.split(" | ")[0] for line in table[2:]] == ["| fmlp", "| jax-step", "| torch"]
 
 
+def test_jax_scan_is_fmlps_epoch_written_by_hand(fashion, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--data-path", str(fashion), "--sizes", "784-16-10:64", "--sweep", "", "--epochs"]
+    argv += ["2", "--rounds", "1", "--unroll", "2", "--only", "fmlp,jax-scan"]
+    assert cli.main(["bench", *argv, "--matmul-size", "64", "--out", str(out)]) == 0
+
+    fmlp, jax_scan = json.loads(out.read_text())["results"]
+    assert jax_scan["contestant"] == "jax-scan" and jax_scan["status"] == "ok"
+    assert jax_scan["params_difference_vs_fmlp"] < 1e-4
+    assert jax_scan["test_accuracy"] == fmlp["test_accuracy"]
+    assert jax_scan["fmlp_speedup"] > 0
+
+
 def test_time_to_accuracy_report(fashion, tmp_path, capsys):
     out = tmp_path / "tta.json"
     overrides = ["train.epochs=2", "model.hidden=[16, 16]", "train.batch_size=32"]
@@ -227,3 +243,25 @@ def test_time_to_accuracy_rejects_a_model_it_cannot_mirror(fashion, tmp_path, ca
     err = capsys.readouterr().err
     assert "fmlp bench: error: --time-to-accuracy needs model.activation=relu" in err
     assert "tanh" in err and not (tmp_path / "tta.json").exists()
+
+
+IMPORTS_CHECK = """
+import sys
+import fmlp.cli
+
+def loaded(*names):
+    return sorted(m for m in sys.modules for n in names if m == n or m.startswith(n + "."))
+
+config, out = sys.argv[1:]
+assert fmlp.cli.main(["train", config, "train.epochs=1", "run.progress=never", "--out", out]) == 0
+assert not loaded("fmlp.bench"), loaded("fmlp.bench")
+import fmlp.bench
+peers = ("torch", "flax", "equinox", "sklearn")
+assert not loaded(*peers), loaded(*peers)
+"""
+
+
+def test_only_fmlp_bench_loads_the_benchmark_and_only_its_contestants_load_peers(tmp_path):
+    command = [sys.executable, "-c", IMPORTS_CHECK, CLASSIFICATION, str(tmp_path / "run")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
