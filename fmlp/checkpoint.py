@@ -13,8 +13,13 @@ the restoring process has (CPU included). Every process of a multi-process run c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +100,13 @@ class Checkpointer:
             raise NoCheckpointError(
                 f"No complete checkpoint in {manager.directory}; start the run without --resume."
             )
-        return self._restore(manager, step, target)
+        try:
+            return self._restore(manager, step, target)
+        except Exception as err:  # orbax raises many types for a damaged step
+            raise NoCheckpointError(
+                f"the checkpoint of epoch {step} in {manager.directory} is damaged "
+                f"({_first_line(err)})"
+            ) from err
 
     def restore_newest_intact(
         self, target: PyTree, warn: Any = None, *, move_aside: bool = True
@@ -135,12 +146,13 @@ class Checkpointer:
 
     def _restore(self, manager: ocp.CheckpointManager, step: int, target: PyTree) -> tuple:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
+        with _quiet_if_it_fails():
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
         # orbax gives NamedTuples (optax states) back as plain tuples: reuse target's structure.
         state = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored.state))
         return state, restored.meta
@@ -150,6 +162,34 @@ class Checkpointer:
         for manager in (self.latest, self.best):
             manager.wait_until_finished()
             manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_if_it_fails() -> Iterator[None]:
+    """Hold back what is written to stderr (fd 2) inside; print it only if nothing failed.
+
+    When a damaged checkpoint fails to restore, orbax closes its event loop while
+    tensorstore's other reads still complete, and each of them prints a traceback
+    ("Event loop is closed") from its own thread. The failure itself is raised, and
+    reported by fmlp in one line; the noise is dropped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            if failed:
+                time.sleep(0.2)  # let the late callbacks print into the held file
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def _first_line(err: Exception) -> str:

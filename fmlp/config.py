@@ -572,8 +572,10 @@ def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict[str,
             value = _parse_yaml(text)
         except yaml.YAMLError as err:
             raise ConfigError(
-                f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})"
+                f"override {_excerpt(item)}: the value is not valid YAML ({_yaml_problem(err)})"
             ) from None
+        except ConfigError as err:
+            raise ConfigError(f"override {_excerpt(item)}: {err}") from None
         node, cls = result, Config
         for part in parts[:-1]:
             if part not in {f.name for f in dataclasses.fields(cls)}:
@@ -623,6 +625,8 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
         raw = _parse_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(err)}") from None
+    except ConfigError as err:  # too large or too deep: say which file
+        raise ConfigError(f"{path}: {err}") from None
     sections = ", ".join(f.name for f in dataclasses.fields(Config))
     if raw is None:
         raise ConfigError(

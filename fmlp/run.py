@@ -17,6 +17,7 @@ nothing else reads or writes its files:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -32,7 +33,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +46,7 @@ from fmlp import checkpoint, config, data, nn, parallel, train, viz
 from fmlp.errors import (
     DistributedError,
     Interrupted,
+    NoCheckpointError,
     RunDirectoryError,
     RunDirectoryWarning,
     StorageError,
@@ -311,8 +313,9 @@ class RunDir:
         """The orbax checkpoints under ``checkpoints/``."""
         return checkpoint.Checkpointer(self.path, keep=keep, best_mode=best_mode)
 
-    def _has_checkpoints(self) -> bool:
-        root = self.path / self.CHECKPOINTS
+    def _has_checkpoints(self, kind: str = "") -> bool:
+        """Whether ``checkpoints/`` (or its ``kind``, latest or best) holds a checkpoint."""
+        root = self.path / self.CHECKPOINTS / kind
         return root.is_dir() and any(root.rglob("_CHECKPOINT_METADATA"))
 
     def _write(self, name: str, payload: bytes) -> None:
@@ -550,7 +553,7 @@ def _resume(
         )
     logged = run_dir.read_history(cfg.train.epochs + 10**9)
     every = cfg.train.checkpoint_every
-    if not run_dir._has_checkpoints() and any(row["epoch"] >= every for row in logged):
+    if not run_dir._has_checkpoints("latest") and any(row["epoch"] >= every for row in logged):
         best = sorted((run_dir.path / RunDir.CHECKPOINTS / "best").glob("[0-9]*"))
         hint = (
             f"; checkpoints/best still holds epoch {best[-1].name}: evaluate it with "
@@ -764,7 +767,10 @@ def log_metrics(run: Run, result: EpochResult) -> None:
     """Append the epoch's row to the history and to ``metrics.jsonl``."""
     run.history.append(result.row)
     if run.main:
-        run.dir.append_metrics(result.row)
+        with _saving(
+            run, f"the metrics of epoch {result.number} to {run.dir.path / RunDir.METRICS}"
+        ):
+            run.dir.append_metrics(result.row)
 
 
 def check_parity(run: Run, result: EpochResult) -> None:
@@ -778,7 +784,21 @@ def save_checkpoint(run: Run, result: EpochResult) -> None:
     tc = run.cfg.train
     if result.number % tc.checkpoint_every == 0 or result.number == tc.epochs:
         epoch = result.number
-        run.ckpt.save(epoch, run.state, {"epoch": epoch}, result.host[run.metric])
+        with _saving(run, f"the checkpoint of epoch {epoch}"):
+            run.ckpt.save(epoch, run.state, {"epoch": epoch}, result.host[run.metric])
+
+
+@contextlib.contextmanager
+def _saving(run: Run, what: str) -> Iterator[None]:
+    """Turn a storage fault while saving ``what`` into one StorageError that says what is kept."""
+    try:
+        yield
+    except OSError as err:
+        reason = str(err) if isinstance(err, StorageError) else (err.strerror or str(err))
+        raise StorageError(
+            f"could not save {what}: {reason}. "
+            + _kept(run, "complete", f"free some space, then continue with --resume {run.dir}")
+        ) from err
 
 
 class _ProgressBar:
@@ -858,11 +878,23 @@ def evaluate_split(
 
 
 def _restore(run_dir: RunDir, cfg: config.Config, *, best: bool) -> nn.Params:
+    """The params of the best, or the newest intact, checkpoint; reads only (a damaged newer
+    checkpoint is skipped with a warning, not moved)."""
     net = run_dir.model(cfg)
     tx, _ = train.make_optimizer(cfg.optimizer, steps_per_epoch=1, epochs=cfg.train.epochs)
     # Shapes only, no arrays: restore into what init_state would build.
     target = jax.eval_shape(lambda: train.init_state(net, tx, seed=cfg.train.seed))
-    state, _ = run_dir.checkpointer().restore(target, best=best)
+    ckpt = run_dir.checkpointer()
+    try:
+        if best:
+            state, _ = ckpt.restore(target, best=True)
+        else:
+            restored = ckpt.restore_newest_intact(target, warn=_warn, move_aside=False)
+            if restored is None:
+                raise NoCheckpointError(f"{run_dir}: checkpoints/latest holds no checkpoint.")
+            state = restored[0]
+    finally:
+        ckpt.close()
     return state.params
 
 

@@ -56,7 +56,8 @@ def training_curves(
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # no validation split: an empty plot, and no legend to draw
+            ax.legend()
         fig.tight_layout()
         paths.append(out_dir / f"{name}.png")
         fig.savefig(paths[-1], dpi=100)
