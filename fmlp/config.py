@@ -157,6 +157,8 @@ class TrainConfig(_Section):
     gradients: str = _field("engine", choices=("engine", "jax"))
     # mini-batch steps per iteration of the epoch's loop
     unroll: int = _field(1, min=1, limit=1024)
+    # gathered | permuted: how an epoch forms its batches (train.use_permuted_copy); auto picks
+    batches: str = _field("auto", choices=("auto", "gathered", "permuted"))
     checkpoint_every: int = _field(1, min=1, limit=MAX_EPOCHS)
     keep_checkpoints: int = _field(2, min=1, limit=1000)
     eval_batch_size: int = _field(1024, min=1, limit=MAX_EXAMPLES)

@@ -643,7 +643,8 @@ def compile_programs(run: Run) -> Programs:
     start = time.perf_counter()
     epoch = train.make_epoch(
         run.net.loss, run.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
-        unroll=tc.unroll, permute=train.permuted_copy_fits(x, y), layout=run.layout,
+        unroll=tc.unroll, layout=run.layout,
+        permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
     ).lower(state, x, y).compile()  # fmt: skip
     evaluate = (
         train.make_evaluate(run.net, n=len(xv), batch_size=tc.eval_batch_size, layout=run.layout)

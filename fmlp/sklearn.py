@@ -107,7 +107,7 @@ class _EpochConfig(NamedTuple):
     n: int
     batch_size: int
     shuffle: bool
-    permute: bool  # gather the epoch's batches up front (train.permuted_copy_fits)
+    permute: bool  # gather the epoch's batches up front (train.use_permuted_copy)
     solver: str
     nesterov: bool
 
@@ -557,7 +557,7 @@ class _BaseMLP(BaseEstimator):
             n=n,
             batch_size=batch_size,
             shuffle=shuffle,
-            permute=train.permuted_copy_fits(X, targets),
+            permute=train.use_permuted_copy("auto", net, X, targets, batch_size=batch_size),
             solver=self.solver,
             nesterov=bool(self.nesterovs_momentum),
         )

@@ -122,15 +122,39 @@ VALUE_AND_GRAD = {"engine": engine.value_and_grad, "jax": jax.value_and_grad}
 """Gradient backends: fmlp's engine (hand-written VJPs) or ``jax.value_and_grad`` (the oracle)."""
 
 
-def permuted_copy_fits(x: Any, y: Any) -> bool:
-    """Whether a device can hold a second, permuted copy of the training arrays.
+BATCHING = ("auto", "gathered", "permuted")
+"""How an epoch forms its mini-batches (``train.batches``): gathered from the whole set inside
+the loop, or from a permuted copy of the set made once per epoch; ``auto`` picks."""
 
-    The epoch then gathers its mini-batches once, up front, and scans over contiguous
-    batches (faster: no gather inside the loop). Measured against the device's free memory
-    (:func:`fmlp.data.available_memory`), with half of it to spare.
-    """
+STEP_FLOPS_OVERHEAD_BOUND = 2e6
+"""Below this many matmul FLOPs per step, a CPU step is bound by per-operation overhead."""
+
+
+def permuted_copy_fits(x: Any, y: Any) -> bool:
+    """Whether a device can hold a second, permuted copy of the training arrays, with half
+    of its free memory (:func:`fmlp.data.available_memory`) to spare."""
     need = sum(a.size * a.dtype.itemsize for a in (x, y))
     return 2 * need <= data.available_memory()
+
+
+def use_permuted_copy(batching: str, net: nn.MLP, x: Any, y: Any, *, batch_size: int) -> bool:
+    """Whether the epoch should gather its batches once from a permuted copy of the data.
+
+    ``permuted`` and ``gathered`` say so; ``auto`` takes the permuted copy where a step is
+    overhead-bound: on an accelerator (one kernel fewer per step), and on a CPU for steps of
+    under :data:`STEP_FLOPS_OVERHEAD_BOUND` matmul FLOPs, where the 2-core CPU measured it
+    faster (784-16-16-10 at batch 16); elsewhere the CPU gathers each batch from the set,
+    which it measured faster for every larger step (benchmarks/RESULTS.md). Never when the
+    copy would not fit.
+    """
+    if batching not in BATCHING:
+        raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}.")
+    if batching == "gathered" or not permuted_copy_fits(x, y):
+        return False
+    if batching == "permuted" or jax.default_backend() != "cpu":
+        return True
+    step_flops = 2 * batch_size * sum(i * o for i, o in itertools.pairwise(net.sizes))
+    return 3 * step_flops < STEP_FLOPS_OVERHEAD_BOUND  # forward, and two matmuls backward
 
 
 def check_model_fits(net: nn.MLP, *, batch_size: int) -> None:
@@ -185,7 +209,7 @@ def make_epoch(
       shuffle: draw the order from ``state.key`` (else ``0..n-1``); the key advances either way.
       skip_empty: a batch whose weights sum to 0 leaves params and optimizer state untouched.
       permute: gather the epoch's batches once into a permuted copy of the data and scan over
-        contiguous batches (see :func:`permuted_copy_fits`); else gather each batch inside the
+        contiguous batches (see :func:`use_permuted_copy`); else gather each batch inside the
         loop. The same batches either way, so the same params up to float rounding (XLA may
         order a small matmul's sums differently for the two).
       unroll: mini-batch steps per iteration of the compiled loop (``lax.scan``'s ``unroll``).
@@ -203,8 +227,8 @@ def make_epoch(
         idx, mask = data.batch_indices(order_key, n, batch_size, shuffle=shuffle)
         weights = mask if w is None else w[idx] * mask
 
-        def step(carry: tuple, batch: tuple) -> tuple[tuple, tuple[Array, Array]]:
-            params, opt_state = carry
+        def step(carry: tuple, batch: tuple) -> tuple[tuple, None]:
+            params, opt_state, total = carry
             if permute:
                 xb, yb, wb = batch
             else:
@@ -214,15 +238,16 @@ def make_epoch(
             new = apply_optimizer(tx, grads, opt_state, params)
             if skip_empty:
                 keep = jnp.sum(wb) > 0
-                new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry)
-            return new, (value, jnp.sum(wb))
+                new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, (params, opt_state))
+            return (*new, total + value * jnp.sum(wb)), None
 
         batches = shard(x[idx], y[idx], weights, stacked=True) if permute else (idx, weights)
-        (params, opt_state), (values, totals) = jax.lax.scan(
-            step, (state.params, state.opt_state), batches, unroll=unroll
+        zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(state.params)))
+        (params, opt_state, total), _ = jax.lax.scan(
+            step, (state.params, state.opt_state, zero), batches, unroll=unroll
         )
         new_state = TrainState(params, opt_state, state.step + idx.shape[0], state.epoch + 1, key)
-        return new_state, jnp.sum(values * totals) / jnp.maximum(jnp.sum(totals), 1e-30)
+        return new_state, total / jnp.maximum(jnp.sum(weights), 1e-30)
 
     donation = {"donate_argnums": 0} if donate else {}
     if layout is None:

@@ -230,3 +230,18 @@ def test_every_bad_input_error_derives_from_input_error_and_keeps_its_builtin_ba
 def test_fmlp_train_does_not_import_the_benchmark():
     code = "import sys, fmlp, fmlp.cli; assert 'fmlp.bench' not in sys.modules, sys.modules.keys()"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_auto_batching_takes_the_permuted_copy_only_for_overhead_bound_cpu_steps():
+    x, y = np.zeros((100, 784), np.float32), np.zeros(100, np.int32)
+    tiny, small = nn.mlp([784, 16, 16, 10]), nn.mlp([784, 256, 256, 10])
+    assert jax.default_backend() == "cpu"  # the suite runs on the CPU
+    assert train.use_permuted_copy("auto", tiny, x, y, batch_size=16)
+    assert not train.use_permuted_copy("auto", small, x, y, batch_size=128)
+    assert not train.use_permuted_copy("auto", tiny, x, y, batch_size=64)
+    assert train.use_permuted_copy("permuted", small, x, y, batch_size=128)
+    assert not train.use_permuted_copy("gathered", tiny, x, y, batch_size=16)
+    huge = jax.ShapeDtypeStruct((2**40, 1), jnp.float32)  # no copy of it fits
+    assert not train.use_permuted_copy("permuted", tiny, huge, y, batch_size=16)
+    with pytest.raises(ValueError, match="batching must be one of"):
+        train.use_permuted_copy("sometimes", tiny, x, y, batch_size=16)

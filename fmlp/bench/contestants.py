@@ -94,15 +94,18 @@ def _raw_loss(dtype: str) -> Callable[..., jax.Array]:
     return loss
 
 
-def fmlp_trainer(problem: Problem, *, gradients: str = "engine") -> Trainer:
-    """fmlp's training path, :func:`fmlp.train.make_epoch`: one jitted epoch on the device."""
+def fmlp_trainer(problem: Problem, *, gradients: str = "engine", batches: str = "auto") -> Trainer:
+    """fmlp's training path, :func:`fmlp.train.make_epoch`: one jitted epoch on the device.
+
+    ``batches`` is ``train.batches``: how the epoch forms its mini-batches.
+    """
     net = nn.mlp(
         problem.sizes, activation="relu", output="softmax", scheme="he_uniform",
         compute_dtype=train.compute_dtype(problem.dtype),
     )  # fmt: skip
     tx = problem.optim.tx
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
-    permute = train.permuted_copy_fits(x, y)
+    permute = train.use_permuted_copy(batches, net, x, y, batch_size=problem.batch_size)
     train_epoch = train.make_epoch(
         net.loss, tx, n=problem.n, batch_size=problem.batch_size, gradients=gradients,
         permute=permute, unroll=problem.unroll,
@@ -117,7 +120,7 @@ def fmlp_trainer(problem: Problem, *, gradients: str = "engine") -> Trainer:
         del e  # fmlp draws epoch e's order from state.key: the same as problem.orders[e]
         return jax.block_until_ready(train_epoch(state, x, y)[0])
 
-    notes = "" if permute else "batches gathered in the loop: no room for a permuted copy"
+    notes = f"train.batches={batches}: " + ("permuted copy" if permute else "gathered in the loop")
     return Trainer(init, epoch, lambda state: numpy_params(state.params), notes)
 
 
@@ -394,6 +397,8 @@ def sklearn_trainer(problem: Problem) -> Trainer:
 CONTESTANTS: dict[str, Callable[[Problem], Trainer]] = {
     "fmlp": fmlp_trainer,
     "fmlp-jax": lambda problem: fmlp_trainer(problem, gradients="jax"),
+    "fmlp-gathered": lambda problem: fmlp_trainer(problem, batches="gathered"),
+    "fmlp-permuted": lambda problem: fmlp_trainer(problem, batches="permuted"),
     "jax-scan": jax_scan_trainer,
     "jax-step": jax_step_trainer,
     "nnx": nnx_trainer,
