@@ -54,6 +54,7 @@ _ADDRESS = (
 )
 _NAME = (r"(?!\.\.?$)[^/\\\x00]+", "a file name, with no '/' or '\\' (and not '.' or '..')")
 _PATH = (r"[^\x00]+", "a non-empty path")
+_COLUMN = (r"[^\x00]+", "a non-empty column name")
 
 
 def _field(
@@ -124,6 +125,16 @@ class DataConfig(_Section):
     normalize: str = _field("standardize", choices=data.NORMALIZATIONS)
     subset: int | None = _field(None, min=1, limit=MAX_EXAMPLES)
     synthetic_examples: int = _field(2000, min=10, limit=10**7)
+    # data.name: table — the files (.csv, .tsv, .parquet, .npz; relative to the working
+    # directory); test null: a stratified held-out split of train
+    train: str | None = _field(None, pattern=_PATH)
+    test: str | None = _field(None, pattern=_PATH)
+    # the label column (.npz: the label array); the task follows from model.output
+    label: str | None = _field(None, pattern=_COLUMN)
+    # the feature columns in order; null: every other column (.npz: the features array, x)
+    features: list[str] | None = _field(None, pattern=_COLUMN)  # noqa: RUF009
+    # feature columns one-hot encoded, with the categories of the training file
+    categorical: list[str] = _field([], pattern=_COLUMN)  # noqa: RUF009
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +250,15 @@ class Config(_Section):
         super().__post_init__()
         head, name = self.model.output, self.data.name
         head_task, data_task = nn.HEADS[head].task, data.DATASET_TASKS[name]
-        if head_task != data_task:
+        if name == "table":
+            for key in ("train", "label"):
+                if getattr(self.data, key) is None:
+                    raise ConfigError(
+                        f"data.{key}: data.name=table needs it (the "
+                        + ("training file" if key == "train" else "label column")
+                        + "), got null"
+                    )
+        if data_task is not None and head_task != data_task:  # None: the head sets the task
             fitting = [o for o, h in nn.HEADS.items() if h.task == data_task]
             raise ConfigError(
                 f"model.output={head!r} is a {head_task} head but data.name={name!r} is a "

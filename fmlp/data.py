@@ -1,4 +1,5 @@
-"""Datasets as arrays: IDX files, Fashion-MNIST, digits, the lecture's synthetic sets, batching.
+"""Datasets as arrays: IDX files, Fashion-MNIST, scikit-learn's bundled sets, the lecture's
+synthetic sets, tables (:mod:`fmlp.tables`), batching.
 
 Everything here returns NumPy arrays on the host, except :func:`batch_indices`, which runs
 under ``jax.jit`` so that one epoch's mini-batch order is computed on the device. Features
@@ -20,6 +21,7 @@ import gzip
 import math
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmlp import tables
 from fmlp.errors import DataError
+from fmlp.tables import Preprocessing
 
 DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 """Where the Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST IDX files."""
@@ -46,13 +50,27 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 """Fashion-MNIST class names, indexed by label."""
 
-DATASET_TASKS: dict[str, str] = {
+DATASET_TASKS: dict[str, str | None] = {
     "fashion_mnist": "classification",
     "digits": "classification",
     "lecture_regression": "regression",
     "lecture_classification": "classification",
+    "iris": "classification",
+    "wine": "classification",
+    "breast_cancer": "classification",
+    "diabetes": "regression",
+    "table": None,
+    "arrays": None,
 }
-"""The data sets :func:`load` knows, and the task each poses."""
+"""The data sets :func:`load` knows, and the task each poses; ``None``: the task follows
+from the model's head (``table``: files named by ``train``/``test``; ``arrays``: arrays or
+frames passed to ``fmlp.fit``)."""
+
+SKLEARN_SETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+"""The sets bundled with scikit-learn (offline: no download)."""
+
+TABLE_SOURCES: tuple[str, ...] = ("table", "arrays")
+"""The sources whose task follows from the model's head."""
 
 DATASETS: tuple[str, ...] = tuple(DATASET_TASKS)
 """The names :func:`load` accepts."""
@@ -275,6 +293,41 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(bunch.target, dtype=np.int32)
 
 
+def sklearn_set(name: str) -> tuple[np.ndarray, np.ndarray, Preprocessing]:
+    """One of scikit-learn's small bundled tables (no download): iris, wine, breast_cancer
+    (classification) or diabetes (regression).
+
+    Returns:
+      ``(x, y, preprocessing)``: float32 features ``(examples, features)``; int32 class ids
+      ``(examples,)`` or, for diabetes, float32 targets ``(examples, 1)`` (disease progression
+      after a year, in hundreds, so that a net's initial outputs are on its scale); and the
+      feature and class names. Shapes: iris (150, 4) with 3 classes, wine (178, 13) with 3,
+      breast_cancer (569, 30) with 2, diabetes (442, 10).
+
+    Raises:
+      DataError: scikit-learn is not installed.
+    """
+    try:
+        from sklearn import datasets
+    except ImportError as err:
+        raise DataError(
+            f'The {name} dataset needs scikit-learn; install it with `pip install "fmlp[digits]"`.'
+        ) from err
+    bunch = getattr(datasets, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float32)
+    features = tuple(str(f) for f in bunch.feature_names)
+    if name == "diabetes":
+        y = (np.asarray(bunch.target, dtype=np.float32) / np.float32(100.0))[:, None]
+        pre = Preprocessing(features, label="target", columns=(*features, "target"))
+    else:
+        y = np.asarray(bunch.target, dtype=np.int32)
+        names = tuple(str(c) for c in bunch.target_names)
+        pre = Preprocessing(
+            features, label="target", class_names=names, columns=(*features, "target")
+        )
+    return x, y, pre
+
+
 # ----------------------------------------------------------------------------- synthetic sets
 
 
@@ -462,6 +515,8 @@ class Dataset:
     for classification or float32 ``(examples, num_outputs)`` targets for regression.
     ``mean`` and ``std`` (float32, ``(num_features,)``) are the normaliser fitted on
     ``x_train`` and already applied to every split; both are ``None`` when not normalised.
+    ``preprocessing`` (tables and scikit-learn's sets) names the features and classes and
+    holds a table's categories; ``None`` for the other sets.
     """
 
     x_train: np.ndarray
@@ -474,6 +529,12 @@ class Dataset:
     num_classes: int | None
     mean: np.ndarray | None
     std: np.ndarray | None
+    preprocessing: Preprocessing | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The name of each class id, where the source has names (tables, scikit-learn sets)."""
+        return None if self.preprocessing is None else self.preprocessing.class_names
 
     @property
     def num_features(self) -> int:
@@ -506,13 +567,18 @@ def _test_split(y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _read(
     name: str, path: str | os.PathLike[str] | None, synthetic_examples: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, int | None]:
-    """``(x_pool, y_pool, x_test, y_test, task, num_classes)`` of a named dataset."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, int | None, Preprocessing | None]:
+    """``(x_pool, y_pool, x_test, y_test, task, num_classes, preprocessing)`` of a named set."""
+    pre = None
     if name == "fashion_mnist":
-        return (*fashion_mnist(path), "classification", len(CLASS_NAMES))
+        return (*fashion_mnist(path), "classification", len(CLASS_NAMES), None)
     if name == "digits":
         x, y = digits()
         task, num_classes = "classification", 10
+    elif name in SKLEARN_SETS:
+        x, y, pre = sklearn_set(name)
+        task = DATASET_TASKS[name]
+        num_classes = None if pre.class_names is None else len(pre.class_names)
     elif name == "lecture_regression":
         x, y = lecture_regression(synthetic_examples)
         task, num_classes = "regression", None
@@ -521,7 +587,89 @@ def _read(
         x, y = lecture_classification(synthetic_examples, classes=num_classes)
         task = "classification"
     pool, test = _test_split(y, task)
-    return x[pool], y[pool], x[test], y[test], task, num_classes
+    return x[pool], y[pool], x[test], y[test], task, num_classes, pre
+
+
+Table = str | os.PathLike[str] | tuple[Any, Any]
+"""A table: a file path (``data.name: table``) or ``(x, y)`` arrays or frames (``arrays``)."""
+
+
+def _table_frame(source: Table, which: str, *, label: str | None, features: Any) -> tuple:
+    """``(frame, name for errors, row namer)`` of a table file or of ``(x, y)`` arrays."""
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise DataError(f"{which}: expected a pair (x, y), got a tuple of {len(source)}.")
+        frame = tables.frame_from_arrays(*source, label=label)
+        return frame, f"arrays ({which})", tables.row_namer("arrays")
+    if not isinstance(source, str | os.PathLike):
+        raise DataError(
+            f"{which}: expected a file path or a pair (x, y) of arrays, got "
+            f"{type(source).__name__}."
+        )
+    kind = tables.file_format(source)
+    try:
+        size = os.path.getsize(source)
+    except FileNotFoundError:
+        raise DataError(f"{which} file {source} (data.{which}) does not exist.") from None
+    except OSError as err:
+        raise DataError(f"cannot read {which} file {source}: {err}.") from None
+    need, free = size * tables.LOAD_FACTOR[kind], available_memory()
+    if need > free:
+        raise DataError(
+            f"{source} is {size / 2**30:.2f} GiB; loading it as {kind} needs about "
+            f"{need / 2**30:.2f} GiB, more than the {free / 2**30:.2f} GiB of memory available. "
+            "Use a smaller file or a machine with more memory."
+        )
+    frame = tables.read_frame(source, label=label or "y", features=features)
+    return frame, str(source), tables.row_namer(kind)
+
+
+def _read_table(
+    name: str,
+    *,
+    train: Table | None,
+    test: Table | None,
+    label: str | None,
+    features: Sequence[str] | None,
+    categorical: Sequence[str],
+    task: str | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, int | None, Preprocessing]:
+    """:func:`_read` for tables: files (``table``) or arrays (``arrays``)."""
+    if task not in TASKS:
+        raise DataError(
+            f"data.name={name}: the task follows from the model's head; pass task= one of "
+            f"{list(TASKS)}, got {task!r}."
+        )
+    if name == "arrays" and not isinstance(train, tuple):
+        raise DataError(
+            "data.name=arrays: the data are arrays passed to fmlp.fit(cfg, train=(x, y)); "
+            "pass them again (train=, test=) to train, resume or evaluate such a run."
+        )
+    if train is None:
+        raise DataError("data.name=table needs data.train: a table file.")
+    if name == "table" and label is None:
+        raise DataError("data.name=table needs data.label: the label column.")
+    frame, where, row = _table_frame(train, "train", label=label, features=features)
+    label = label or str(frame.columns[-1])
+    npz = name == "table" and tables.file_format(train) == "npz"
+    pre = tables.fit_preprocessing(
+        frame, name=where, label=label, features=None if npz else features,  # npz: x0, x1, ...
+        categorical=categorical,
+        task=task, row=row,
+    )  # fmt: skip
+    x, y = tables.encode(frame, pre, name=where, row=row)
+    num_classes = None if pre.class_names is None else len(pre.class_names)
+    if test is None:
+        pool, held_out = _test_split(y, task)
+        if len(held_out) == 0 or len(pool) == 0:
+            raise DataError(
+                f"{where}: {len(y)} rows are too few to hold out a test split; add rows or "
+                f"give a test file ({'data.test' if name == 'table' else 'test='})."
+            )
+        return x[pool], y[pool], x[held_out], y[held_out], task, num_classes, pre
+    test_frame, test_where, test_row = _table_frame(test, "test", label=label, features=features)
+    x_test, y_test = tables.encode(test_frame, pre, name=test_where, row=test_row, training=False)
+    return x, y, x_test, y_test, task, num_classes, pre
 
 
 def load(
@@ -533,10 +681,17 @@ def load(
     subset: int | None = None,
     seed: int = 0,
     synthetic_examples: int = 2000,
+    train: Table | None = None,
+    test: Table | None = None,
+    label: str | None = None,
+    features: Sequence[str] | None = None,
+    categorical: Sequence[str] = (),
+    task: str | None = None,
 ) -> Dataset:
     """Load a named dataset, split it, normalise it and validate it.
 
-    Fashion-MNIST keeps its official test set; the others hold out a fixed, class-stratified
+    Fashion-MNIST keeps its official test set, and a table keeps its ``test`` file when
+    there is one; the others hold out a fixed, class-stratified
     ``TEST_FRACTION`` of their examples that does not depend on ``seed``. The remaining pool
     is shuffled by ``seed``, cut to its first ``subset`` examples, and its first
     ``validation_fraction`` becomes the validation split. The synthetic sets are generated
@@ -553,9 +708,20 @@ def load(
       subset: keep only this many examples of the shuffled training pool (fast tests).
       seed: seeds the shuffle that picks the subset and the validation split.
       synthetic_examples: size of the synthetic sets before the test split.
+      train: for ``table``, the training file (.csv, .tsv, .parquet, .npz); for ``arrays``,
+        ``(x, y)``: numpy arrays or pandas objects (a frame's columns name the features).
+      test: like ``train``; ``None`` holds out a stratified test split of ``train``.
+      label: the label column of a table (for .npz, the label array's name); for arrays,
+        the label's name (default: the Series' name or ``y``).
+      features: the feature columns in order (``None``: every other column; for .npz, the
+        one features array, default ``x``).
+      categorical: feature columns to one-hot encode, categories from ``train``.
+      task: ``"classification"`` or ``"regression"``: required for tables, whose task
+        follows from the model's head; ignored by the named sets.
 
     Returns:
-      A :class:`Dataset`.
+      A :class:`Dataset`; for tables and scikit-learn's sets its ``preprocessing`` holds the
+      feature and class names (and a table's categories).
 
     Raises:
       DataError: an argument is out of range, or the data is missing or invalid.
@@ -570,7 +736,15 @@ def load(
     if subset is not None:
         _check_positive(subset=subset)
 
-    x_pool, y_pool, x_test, y_test, task, num_classes = _read(name, path, synthetic_examples)
+    if name in TABLE_SOURCES:
+        x_pool, y_pool, x_test, y_test, task, num_classes, pre = _read_table(
+            name, train=train, test=test, label=label, features=features,
+            categorical=categorical, task=task,
+        )  # fmt: skip
+    else:
+        x_pool, y_pool, x_test, y_test, task, num_classes, pre = _read(
+            name, path, synthetic_examples
+        )
     if subset is not None and subset > len(x_pool):
         raise DataError(
             f"subset={subset} is larger than the {len(x_pool)} training examples of {name}; "
@@ -594,7 +768,9 @@ def load(
         std = np.where(std64 < _MIN_STD, 1.0, std64).astype(np.float32)
         x_train, x_val, x_test = ((x - mean) / std for x in (x_train, x_val, x_test))
 
-    dataset = Dataset(x_train, y_train, x_val, y_val, x_test, y_test, task, num_classes, mean, std)
+    dataset = Dataset(
+        x_train, y_train, x_val, y_val, x_test, y_test, task, num_classes, mean, std, pre
+    )
     for split in ("train", "val", "test"):
         validate(
             getattr(dataset, f"x_{split}"),

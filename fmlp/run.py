@@ -5,7 +5,9 @@ nothing else reads or writes its files:
 
 - ``config.yaml``: the resolved config (itself a valid config);
 - ``model.json``: layer sizes and number of classes; ``normalizer.npz``: the feature means
-  and standard deviations of the training split;
+  and standard deviations of the training split; ``preprocessing.json`` (tables and
+  scikit-learn's sets): the feature names in order, the categories of one-hot columns, the
+  label and the class names (:class:`fmlp.tables.Preprocessing`);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``val_loss``,
   ``val_accuracy`` or ``val_mse``, ``learning_rate``, ``seconds``, ``gradient_check``);
 - ``summary.json``: the final test metrics, speed and device; ``eval_<split>.json``;
@@ -42,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmlp import checkpoint, config, data, nn, parallel, train, viz
+from fmlp import checkpoint, config, data, nn, parallel, tables, train, viz
 from fmlp.errors import (
     DistributedError,
     Interrupted,
@@ -74,7 +76,7 @@ class RunDir:
 
     CONFIG, MODEL, NORMALIZER = "config.yaml", "model.json", "normalizer.npz"
     METRICS, SUMMARY, PLOTS, LOCK = "metrics.jsonl", "summary.json", "plots", ".lock"
-    CHECKPOINTS = "checkpoints"
+    CHECKPOINTS, PREPROCESSING = "checkpoints", "preprocessing.json"
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
@@ -132,6 +134,8 @@ class RunDir:
             buffer = io.BytesIO()
             np.savez(buffer, mean=ds.mean, std=ds.std)
             staged._write(self.NORMALIZER, buffer.getvalue())
+        if ds.preprocessing is not None:
+            staged._write(self.PREPROCESSING, ds.preprocessing.to_json().encode())
         staged._write(self.METRICS, b"")
         try:
             staging.rename(self.path)  # replaces an empty directory, never a full one
@@ -252,6 +256,26 @@ class RunDir:
                 "run, or train again."
             ) from None
 
+    def preprocessing(self, cfg: config.Config) -> tables.Preprocessing | None:
+        """The saved encoding of the run's tables (feature names, categories, classes);
+        None for a run without one (the built-in image and synthetic sets, older runs).
+
+        Raises:
+          RunDirectoryError: a table run's ``preprocessing.json`` is missing or damaged.
+        """
+        path = self.path / self.PREPROCESSING
+        if not path.exists() and cfg.data.name not in data.TABLE_SOURCES:
+            return None
+        try:
+            return tables.Preprocessing.from_json(path.read_text())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise RunDirectoryError(
+                f"{path} is missing or damaged ({type(err).__name__}); it holds the feature "
+                "names, categories and classes the run was trained with, without which new "
+                "rows cannot be encoded as training saw them. Restore it from a copy of the "
+                "run, or train again."
+            ) from None
+
     # -- metrics and reports
 
     def read_history(self, upto: int) -> list[dict[str, Any]]:
@@ -357,9 +381,16 @@ def _new_run_dir(cfg: config.Config, source: Any, out: PathLike | None) -> RunDi
     return RunDir(Path(cfg.run.out_dir) / f"{name}-{stamp}")
 
 
-def load_dataset(cfg: config.Config) -> data.Dataset:
-    """The config's dataset, split and normalised as the run saw it (deterministic)."""
+def load_dataset(
+    cfg: config.Config, *, train: data.Table | None = None, test: data.Table | None = None
+) -> data.Dataset:
+    """The config's dataset, split and normalised as the run saw it (deterministic).
+
+    ``train``/``test``: the ``(x, y)`` arrays of a ``data.name: arrays`` run (see :func:`fit`);
+    a table run reads its files from ``data.train``/``data.test``.
+    """
     d = cfg.data
+    arrays = d.name == "arrays"
     return data.load(
         d.name,
         path=d.path,
@@ -368,7 +399,29 @@ def load_dataset(cfg: config.Config) -> data.Dataset:
         subset=d.subset,
         seed=cfg.train.seed,
         synthetic_examples=d.synthetic_examples,
+        train=train if arrays else d.train,
+        test=test if arrays else d.test,
+        label=d.label,
+        features=d.features,
+        categorical=d.categorical,
+        task=nn.HEADS[cfg.model.output].task,
     )
+
+
+def _arrays_overrides(train: Any, test: Any) -> list[str]:
+    """The overrides that make a config train on arrays passed to :func:`fit`: ``data.name:
+    arrays`` (applied before the config is validated: the task follows from the head)."""
+    if train is None:
+        if test is not None:
+            raise data.DataError("fmlp.fit: test= was given without train=; pass both.")
+        return []
+    for which, value in (("train", train), ("test", test)):
+        if value is not None and not (isinstance(value, tuple) and len(value) == 2):
+            raise data.DataError(
+                f"fmlp.fit: {which}= expects a pair (x, y) of arrays or frames, got "
+                f"{type(value).__name__}."
+            )
+    return ["data.name=arrays", "data.train=null", "data.test=null"]
 
 
 # ----------------------------------------------------------------------------- fit's steps
@@ -425,6 +478,8 @@ def fit(
     overrides: Sequence[str] = (),
     out: PathLike | None = None,
     resume: PathLike | None = None,
+    train: tuple[Any, Any] | None = None,
+    test: tuple[Any, Any] | None = None,
 ) -> tuple[train.TrainState, dict[str, Any]]:
     """Train the model a config describes and write a run directory.
 
@@ -434,6 +489,12 @@ def fit(
       out: the run directory (default ``run.out_dir/<name>-<timestamp>``); must not hold a run.
       resume: a run directory to continue from its latest complete checkpoint; the result is
         bitwise identical (on CPU) to the uninterrupted run.
+      train: ``(x, y)`` to train on instead of the config's data: numpy arrays or pandas
+        objects (a frame's column names become the feature names; ``data.categorical`` and
+        ``data.features`` name its columns). The run's config gets ``data.name: arrays``;
+        the task follows from ``model.output``. Validated as a table file is. A resumed
+        ``arrays`` run needs the same arrays again.
+      test: ``(x, y)`` of the test split; ``None`` holds out a stratified part of ``train``.
 
     Returns:
       ``(state, history)``: the final :class:`~fmlp.train.TrainState` and a dict with
@@ -449,7 +510,9 @@ def fit(
         be reached; checkpoints up to the last complete epoch stay.
     """
     with _Signals() as signals:
-        run = set_up(source, overrides, out=out, resume=resume, signals=signals)
+        run = set_up(
+            source, overrides, out=out, resume=resume, signals=signals, arrays=(train, test)
+        )
         try:
             programs = compile_programs(run)
             signals.check(run)
@@ -472,6 +535,7 @@ def set_up(
     out: PathLike | None,
     resume: PathLike | None,
     signals: _Signals,
+    arrays: tuple[Any, Any] = (None, None),
 ) -> Run:
     """Config, processes, run directory, data, model, optimizer, layout and (resumed) state.
 
@@ -483,7 +547,7 @@ def set_up(
             f"--out {out} and --resume {resume} cannot go together: a resumed run continues "
             "in its own directory. Drop --out, or start a new run without --resume."
         )
-    cfg = config.resolve(source, overrides)
+    cfg = config.resolve(source, [*overrides, *_arrays_overrides(*arrays)])
     parallel.initialize(cfg.distributed)
     main = parallel.is_main_process()
     run_dir = RunDir(resume) if resume is not None else _new_run_dir(cfg, source, out)
@@ -496,7 +560,8 @@ def set_up(
         run_dir.require_new()
         staging = _storage(run_dir.stage, run_dir.path)
     try:
-        dataset = load_dataset(cfg)
+        given = {} if arrays[0] is None else {"train": arrays[0], "test": arrays[1]}
+        dataset = load_dataset(cfg, **given)
         signals.check()
         tc, n = cfg.train, len(dataset.x_train)
         if tc.batch_size > n:
