@@ -38,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
     p = sub.add_parser(
+        "predict",
+        help="predict the rows of a table file with a run's model (CSV to stdout or --out)",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("input", help=".csv, .tsv, .parquet or .npz with the run's feature columns")
+    p.add_argument("--out", help="write .csv, .parquet or .npz (default: CSV to stdout)")
+    p.add_argument("--proba", action="store_true", help="add each class's probability")
+    p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
+    p = sub.add_parser(
         "graph",
         help="draw a computation graph with forward values and gradients (DOT or Graphviz)",
         description="Draw the lecture's circuit (--circuit) or a config's model loss on a "
@@ -160,6 +169,14 @@ def _eval(args: argparse.Namespace) -> None:
     run.save_evaluation(args.run_dir, report)
 
 
+def _predict(args: argparse.Namespace) -> None:
+    rows = run.predict_file(
+        args.run_dir, args.input, out=args.out, proba=args.proba, best=args.best
+    )
+    if args.out is not None:
+        print(f"wrote {rows} predictions to {args.out}")
+
+
 def _graph(args: argparse.Namespace) -> None:
     """Print the DOT source, or write ``--out`` (svg/png/pdf need Graphviz)."""
     if args.circuit == (args.config is not None) or (args.circuit and args.overrides):
@@ -242,6 +259,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "train": _train,
     "eval": _eval,
+    "predict": _predict,
     "graph": _graph,
     "gradcheck": _gradcheck,
 }
@@ -273,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.Interrupted as e:
         print(f"fmlp {command}: {e}", file=sys.stderr)
         return 128 + e.signum
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) stopped: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (errors.FmlpError, OSError) as e:  # an environment fault: one line, no traceback
         print(f"fmlp {command}: error: {e}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ import dataclasses
 import errno
 import fcntl
 import io
+import itertools
 import json
 import math
 import os
@@ -32,9 +33,11 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -1032,3 +1035,278 @@ def save_evaluation(run_dir: PathLike, report: dict[str, Any]) -> None:
         run.path,
     )
     _storage(lambda: run.write_eval(split, report), run.path)
+
+
+# ----------------------------------------------------------------------------- predicting
+
+PREDICT_BATCH = 65_536
+"""Rows :func:`predict_file` reads, encodes and runs through the net at a time."""
+
+PREDICT_OUTPUTS: tuple[str, ...] = (".csv", ".parquet", ".npz")
+"""The ``--out`` endings :func:`predict_file` writes."""
+
+
+def predict_file(
+    run_dir: PathLike,
+    input: PathLike,
+    *,
+    out: PathLike | None = None,
+    proba: bool = False,
+    best: bool = False,
+    batch_size: int | None = None,
+) -> int:
+    """Predict every row of a table file with a run's latest (or best) checkpoint.
+
+    ``input`` is a ``.csv``/``.tsv``/``.parquet``/``.npz`` file with the run's feature columns
+    (its label column may be present; it is ignored). The run's saved preprocessing and
+    normalizer are applied, as training did. Writes one row per input row: ``prediction``
+    (the class name, or the value; ``prediction_<i>`` for several outputs) and, with
+    ``proba``, ``proba_<class>`` per class, as CSV to ``out`` (stdout when None) or as
+    Parquet/``.npz`` by ``out``'s ending. The input is read and written in batches of
+    ``batch_size`` rows (:data:`PREDICT_BATCH`). Nothing in the run directory is written.
+    Returns the number of rows.
+
+    Raises:
+      DataError: an unknown ``--out`` ending; input columns other than the run's; a value
+        or category training did not see (naming the file, the column and the first bad row).
+    """
+    batch_size = PREDICT_BATCH if batch_size is None else batch_size
+    kind = "csv" if out is None else _out_format(out)
+    run = RunDir(run_dir)
+    if out is not None and Path(out).resolve().is_relative_to(run.path.resolve()):
+        raise data.DataError(f"--out {out}: is inside the run directory {run}; write elsewhere.")
+    cfg = run.read_config()
+    pre = run.preprocessing(cfg)
+    net = run.model(cfg)
+    classes = net.head.task == "classification"
+    if proba and not classes:
+        raise data.DataError(f"--proba: {run} is a regression run; it has no class probabilities.")
+    names = _class_names(pre, net) if classes else None
+    mean, std = run.normalizer(cfg) or (np.float32(0.0), np.float32(1.0))
+    chunks = _input_chunks(input, cfg, pre, net, batch_size)
+    first = next(chunks)  # reads, checks and encodes the first batch before the checkpoint
+    params = _restore(run, cfg, best=best)
+    forward = jax.jit(net.apply)
+    shape = batch_size if len(first) == batch_size else len(first)
+    writer = _PredictionWriter(out, kind)
+    rows = 0
+    try:
+        for x in itertools.chain([first], chunks):
+            x = np.asarray((x - mean) / std, np.float32)
+            outputs = []
+            for start in range(0, len(x), shape):  # a longer chunk than the first: split
+                part = x[start : start + shape]
+                padded = np.zeros((shape, x.shape[1]), np.float32)
+                padded[: len(part)] = part
+                outputs.append(np.asarray(forward(params, padded), np.float32)[: len(part)])
+            writer.write(_prediction_columns(np.concatenate(outputs), names, proba))
+            rows += len(x)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return rows
+
+
+def _out_format(out: PathLike) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix not in PREDICT_OUTPUTS:
+        raise data.DataError(
+            f"--out {out}: unknown output format {suffix or '(no ending)'!r}; expected a file "
+            f"ending in one of {', '.join(PREDICT_OUTPUTS)}."
+        )
+    return suffix[1:]
+
+
+def _class_names(pre: tables.Preprocessing | None, net: nn.MLP) -> tuple[str, ...]:
+    if pre is not None and pre.class_names is not None:
+        return pre.class_names
+    return tuple(str(i) for i in range(net.sizes[-1]))
+
+
+def _prediction_columns(
+    outputs: np.ndarray, names: tuple[str, ...] | None, proba: bool
+) -> dict[str, np.ndarray]:
+    if names is None:
+        if outputs.shape[1] == 1:
+            return {"prediction": outputs[:, 0]}
+        return {f"prediction_{i}": outputs[:, i] for i in range(outputs.shape[1])}
+    columns = {"prediction": np.asarray(names)[np.argmax(outputs, axis=1)]}
+    if proba:
+        columns |= {f"proba_{c}": outputs[:, i] for i, c in enumerate(names)}
+    return columns
+
+
+def _input_chunks(
+    path: PathLike,
+    cfg: config.Config,
+    pre: tables.Preprocessing | None,
+    net: nn.MLP,
+    batch_size: int,
+) -> Iterator[np.ndarray]:
+    """The encoded raw features ``(rows, num_features)`` of ``path``, batch by batch."""
+    kind = tables.file_format(path)
+    namer = tables.row_namer(kind)
+    num_features = net.sizes[0]
+    start, empty = 0, True
+    for frame in _read_chunks(path, kind, cfg, batch_size):
+        columns = [str(c) for c in frame.columns]
+        frame.columns = columns
+        if pre is None:  # a built-in set: every column (bar an npz's label) is a feature
+            if len(columns) != num_features:
+                raise data.DataError(
+                    f"{path}: has {len(columns)} feature column(s); the run expects "
+                    f"{num_features} raw numeric features."
+                )
+            run_pre = tables.Preprocessing(tuple(columns), label="\0label")
+        else:
+            run_pre = pre
+            if kind == "npz" and not pre.categorical and len(columns) == len(pre.features):
+                frame.columns = columns = list(pre.features)  # an array's columns: by position
+            _check_columns(path, columns, pre)
+        if len(frame) == 0:  # a header-only CSV, an empty Parquet batch
+            continue
+        frame = frame[list(run_pre.features)].copy()
+        dummy = run_pre.class_names[0] if run_pre.class_names is not None else 0.0
+        frame[run_pre.label] = dummy  # the label, if present, plays no part
+        x, _ = tables.encode(
+            frame, run_pre, name=str(path), row=lambda i, offset=start: namer(offset + i)
+        )
+        if x.shape[1] != num_features:
+            raise data.DataError(
+                f"{path}: encodes to {x.shape[1]} inputs; the run's net takes {num_features}."
+            )
+        start += len(x)
+        empty = False
+        yield x
+    if empty:
+        raise data.DataError(f"{path} has no rows; expected a header line and rows.")
+
+
+def _check_columns(path: PathLike, columns: Sequence[str], pre: tables.Preprocessing) -> None:
+    missing = [c for c in pre.features if c not in columns]
+    extra = [c for c in columns if c not in pre.features and c != pre.label]
+    if missing or extra:
+        parts = [f"lacks {', '.join(missing)}"] * bool(missing) + [
+            f"has {', '.join(extra)} besides"
+        ] * bool(extra)
+        raise data.DataError(
+            f"{path}: its columns differ from the run's: it {' and '.join(parts)} (the run's "
+            f"features: {', '.join(pre.features)}; the label {pre.label!r} may also be present)."
+        )
+
+
+def _read_chunks(path: PathLike, kind: str, cfg: config.Config, batch_size: int) -> Iterator[Any]:
+    """``path`` as pandas frames of at most ``batch_size`` rows (an ``.npz`` file whole)."""
+    pd = tables.require_pandas()
+    try:
+        if kind == "npz":
+            yield _read_npz_features(path, cfg)
+            return
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            reader = pq.ParquetFile(path)
+            for batch in reader.iter_batches(batch_size=batch_size):
+                yield batch.to_pandas()
+            return
+        sep = "," if kind == "csv" else "\t"
+        with pd.read_csv(path, sep=sep, chunksize=batch_size) as reader:
+            yield from reader
+    except FileNotFoundError:
+        raise data.DataError(f"input file {path} does not exist.") from None
+    except pd.errors.EmptyDataError:
+        raise data.DataError(f"{path} is empty; expected a header line and rows.") from None
+    except data.DataError:
+        raise
+    except (OSError, ValueError, ImportError) as err:  # ParserError included
+        raise data.DataError(f"cannot read {path} as {kind}: {err}".rstrip(".") + ".") from None
+
+
+def _read_npz_features(path: PathLike, cfg: config.Config) -> Any:
+    pd = tables.require_pandas()
+    features = cfg.data.features
+    names = ["x"] + (list(features) if features and len(features) == 1 else [])
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise data.DataError(f"cannot read {path} as npz: {err}") from None
+    with arrays:
+        found = [n for n in names if n in arrays.files]
+        if not found:
+            raise data.DataError(
+                f"{path}: no features array named {' or '.join(map(repr, names))}; it holds "
+                f"{', '.join(arrays.files)}."
+            )
+        x = arrays[found[-1]]
+    if x.ndim != 2:
+        raise data.DataError(
+            f"{path}: expected {found[-1]} of shape (rows, features), got {x.shape}."
+        )
+    return pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+
+
+class _PredictionWriter:
+    """Writes prediction columns batch by batch: CSV (a file or stdout), Parquet or ``.npz``.
+
+    A file is written beside ``out`` and renamed into place when complete.
+    """
+
+    def __init__(self, out: PathLike | None, kind: str) -> None:
+        self.out, self.kind = (None if out is None else Path(out)), kind
+        self.tmp = None if self.out is None else self.out.with_name(f".{self.out.name}.partial")
+        self.first, self.parquet = True, None
+        self.parts: dict[str, tuple[Any, np.dtype]] = {}
+        self.rows = 0
+        self.file = sys.stdout if self.tmp is None or kind != "csv" else self.tmp.open("w")
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        pd = tables.require_pandas()
+        if self.kind == "csv":
+            pd.DataFrame(columns).to_csv(self.file, header=self.first, index=False)
+        elif self.kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self.parquet.write_table(table)
+        else:  # npz: each column to a raw temporary file, zipped at the end
+            for name, values in columns.items():
+                if name not in self.parts:
+                    self.parts[name] = (tempfile.TemporaryFile(), values.dtype)  # noqa: SIM115
+                f, dtype = self.parts[name]
+                f.write(np.ascontiguousarray(values, dtype).tobytes())
+            self.rows += len(next(iter(columns.values())))
+        self.first = False
+
+    def close(self) -> None:
+        if self.kind == "csv":
+            self.file.flush()
+            if self.tmp is not None:
+                self.file.close()
+        elif self.kind == "parquet":
+            self.parquet.close()
+        else:
+            with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, (f, dtype) in self.parts.items():
+                    header = {"descr": np.lib.format.dtype_to_descr(dtype),
+                              "fortran_order": False, "shape": (self.rows,)}  # fmt: skip
+                    with zf.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                        np.lib.format.write_array_header_1_0(entry, header)
+                        f.seek(0)
+                        shutil.copyfileobj(f, entry)
+                    f.close()
+        if self.tmp is not None:
+            self.tmp.replace(self.out)
+
+    def abort(self) -> None:
+        if self.kind == "csv" and self.tmp is not None:
+            self.file.close()
+        elif self.parquet is not None:
+            self.parquet.close()
+        for f, _ in self.parts.values():
+            f.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)

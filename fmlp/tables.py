@@ -36,7 +36,8 @@ the parsed frame, then the float32 arrays; Parquet is compressed)."""
 _INSTALL = 'install the tables extra: pip install "fmlp[tables]" (pandas and pyarrow)'
 
 
-def _pandas() -> Any:
+def require_pandas() -> Any:
+    """The pandas module, imported here on first use; DataError naming the extra if missing."""
     try:
         import pandas as pd
     except ImportError as err:
@@ -117,7 +118,7 @@ def read_frame(path: str | os.PathLike[str], *, label: str, features: Sequence[s
     Raises:
       DataError: the file is missing, unreadable, empty or has only a header.
     """
-    pd = _pandas()
+    pd = require_pandas()
     kind = file_format(path)
     try:
         if kind in ("csv", "tsv"):
@@ -142,7 +143,7 @@ def read_frame(path: str | os.PathLike[str], *, label: str, features: Sequence[s
 
 
 def _read_npz(path: str | os.PathLike[str], *, label: str, features: Sequence[str] | None) -> Any:
-    pd = _pandas()
+    pd = require_pandas()
     if features is not None and len(features) != 1:
         raise DataError(
             f"{path}: for an .npz file, data.features names the one features array (or null "
@@ -174,7 +175,7 @@ def frame_from_arrays(x: Any, y: Any, *, label: str | None) -> Any:
     A DataFrame ``x`` keeps its column names; an array's columns are named ``x0, x1, ...``.
     The label column is ``label``, or ``y``'s name (a Series), or ``"y"``.
     """
-    pd = _pandas()
+    pd = require_pandas()
     if isinstance(x, pd.DataFrame):
         frame = x.reset_index(drop=True).copy()
         frame.columns = [str(c) for c in frame.columns]
@@ -336,7 +337,7 @@ def _numeric(
     series: Any, name: str, column: str, row: Any, hint: str = "list the column in data.categorical"
 ) -> np.ndarray:
     """A numeric column as float64, or DataError at its first non-number, NaN or inf."""
-    pd = _pandas()
+    pd = require_pandas()
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -370,7 +371,7 @@ def _categories(series: Any, name: str, column: str, row: Any) -> list[str]:
 
 def _class_names(series: Any, name: str, column: str, row: Any) -> tuple[str, ...]:
     """The sorted classes of a label column, as names: numbers in numeric order, else text."""
-    pd = _pandas()
+    pd = require_pandas()
     _label_strings(series, name, column, row)  # refuses missing and fractional labels
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return tuple(_name(v) for v in np.unique(series.to_numpy()))

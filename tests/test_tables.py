@@ -431,3 +431,9 @@ def test_readme_table_example_runs_verbatim(tmp_path):
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.8
+    assert any(line.startswith("fmlp predict runs/penguins ") for line in lines)
+    predictions = pd.read_csv(tmp_path / "run-predictions.csv")
+    assert len(predictions) == 300 and list(predictions.columns)[:2] == [
+        "prediction",
+        "proba_Adelie",
+    ]
