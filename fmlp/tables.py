@@ -294,16 +294,9 @@ def encode(
     blocks = []
     for column in pre.features:
         if column in cats:
-            values = np.asarray(_categories(frame[column], name, column, row), dtype=object)
+            values = _categories(frame[column], name, column, row)
             known = cats[column]
-            lookup = {c: i for i, c in enumerate(known)}
-            codes = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
-            if (codes < 0).any():
-                i = int(np.argmax(codes < 0))
-                raise DataError(
-                    f"{name}: column {column!r}, {row(i)}: category {values[i]!r} was not in "
-                    f"the training data (known: {', '.join(known)})."
-                )
+            codes = _codes(values, known, f"{name}: column {column!r}", "category", "known", row)
             blocks.append(np.eye(len(known), dtype=np.float32)[codes])
         else:
             blocks.append(_numeric(frame[column], name, column, row)[:, None])
@@ -314,16 +307,24 @@ def encode(
         y = _numeric(series, name, pre.label, row, hint)[:, None].astype(np.float32)
     else:
         values = _label_strings(series, name, pre.label, row)
-        lookup = {c: i for i, c in enumerate(pre.class_names)}
-        ids = np.array([lookup.get(v, -1) for v in values], dtype=np.int32)
-        if (ids < 0).any():
-            i = int(np.argmax(ids < 0))
-            raise DataError(
-                f"{name}: label column {pre.label!r}, {row(i)}: class {values[i]!r} was not in "
-                f"the training data (classes: {', '.join(pre.class_names)})."
-            )
-        y = ids
+        where = f"{name}: label column {pre.label!r}"
+        y = _codes(values, pre.class_names, where, "class", "classes", row).astype(np.int32)
     return x, y
+
+
+def _codes(
+    values: Sequence[str], known: Sequence[str], where: str, kind: str, listing: str, row: Any
+) -> np.ndarray:
+    """The index of each value among ``known`` (int64 ``(n,)``), looked up in bulk; DataError
+    at ``where`` naming the first value (a ``kind``) that training did not have."""
+    codes = np.asarray(require_pandas().Index(list(known)).get_indexer(values), np.int64)
+    if (codes < 0).any():
+        i = int(np.argmax(codes < 0))
+        raise DataError(
+            f"{where}, {row(i)}: {kind} {values[i]!r} was not in the training data "
+            f"({listing}: {', '.join(known)})."
+        )
+    return codes
 
 
 def _require(frame: Any, name: str, columns: Sequence[str], what: str) -> None:
