@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", action="store_true", help="add each class's probability")
     p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
     p = sub.add_parser(
+        "export",
+        help="serialize a run's model (jax.export, any batch size) with its preprocessing",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the artifact file to write, e.g. model.jax")
+    p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
+    p = sub.add_parser(
         "graph",
         help="draw a computation graph with forward values and gradients (DOT or Graphviz)",
         description="Draw the lecture's circuit (--circuit) or a config's model loss on a "
@@ -163,6 +170,15 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _export(args: argparse.Namespace) -> None:
+    info = run.export_run(args.run_dir, args.out, best=args.best)
+    print(
+        f"wrote {info['file']}: takes (batch, {len(info['inputs'])}) float32 features "
+        f"({', '.join(info['inputs'])}), returns (batch, {len(info['outputs'])}) "
+        f"({', '.join(info['outputs'])})"
+    )
+
+
 def _eval(args: argparse.Namespace) -> None:
     report = run.evaluate_checkpoint(args.run_dir, split=args.split, best=args.best)
     print(json.dumps(report, indent=2), flush=True)  # shown even if saving it fails
@@ -259,6 +275,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "train": _train,
     "eval": _eval,
+    "export": _export,
     "predict": _predict,
     "graph": _graph,
     "gradcheck": _gradcheck,

@@ -1310,3 +1310,55 @@ class _PredictionWriter:
             f.close()
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
+
+
+def export_run(run_dir: PathLike, out: PathLike, *, best: bool = False) -> dict[str, Any]:
+    """Serialize a run's model as a ``jax.export`` artifact that needs jax alone to call.
+
+    The artifact takes the run's raw features ``(B, F)`` float32 for any batch size ``B``:
+    the feature columns in training order (``preprocessing.json``'s ``features``), a
+    categorical column given as the index of its category in that file's list. The one-hot
+    encoding and the saved normalisation are folded in; it returns class probabilities
+    ``(B, K)`` (softmax head) or outputs ``(B, out)``. ``jax.export.deserialize(bytes).call(x)``
+    runs it. Nothing in the run directory is written; ``out`` appears whole or not at all.
+
+    Returns:
+      What the artifact takes: ``{"inputs": [names], "outputs": [names], "file": out}``.
+    """
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    out = Path(out)
+    if out.resolve().is_relative_to(run.path.resolve()):
+        raise RunDirectoryError(f"--out {out}: choose a file outside the run directory {run}.")
+    net = run.model(cfg)
+    pre = run.preprocessing(cfg)
+    params = _restore(run, cfg, best=best)
+    mean, std = run.normalizer(cfg) or (np.zeros(net.sizes[0], np.float32), 1.0)
+    mean = np.broadcast_to(np.asarray(mean, np.float32), (net.sizes[0],))
+    std = np.broadcast_to(np.asarray(std, np.float32), (net.sizes[0],))
+    categories = dict(pre.categorical) if pre is not None else {}
+    features = list(pre.features) if pre is not None else [f"x{i}" for i in range(net.sizes[0])]
+
+    def model(raw: Array) -> Array:  # raw (B, F) -> the net's outputs (B, out)
+        columns = []
+        for i, name in enumerate(features):
+            column = raw[:, i]
+            if name in categories:
+                codes = column.astype(jnp.int32)
+                columns.append(jax.nn.one_hot(codes, len(categories[name]), dtype=jnp.float32))
+            else:
+                columns.append(column[:, None])
+        x = jnp.concatenate(columns, axis=1)
+        return net.apply(params, (x - mean[None, :]) / std[None, :])
+
+    batch = jax.export.symbolic_shape("batch")[0]
+    spec = jax.ShapeDtypeStruct((batch, len(features)), jnp.float32)
+    artifact = jax.export.export(jax.jit(model))(spec).serialize()
+    tmp = out.with_name(f".{out.name}.partial")
+    _storage(lambda: tmp.write_bytes(artifact), out.parent)
+    tmp.replace(out)
+    classes = pre.class_names if pre is not None else None
+    outputs = (
+        [str(c) for c in classes] if classes else [f"output_{j}" for j in range(net.sizes[-1])]
+    )
+    return {"inputs": features, "outputs": outputs, "file": str(out)}
