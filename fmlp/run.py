@@ -334,6 +334,14 @@ class RunDir:
         path.mkdir(exist_ok=True)
         return path
 
+    def require_outside(self, out: PathLike) -> None:
+        """Raise DataError if ``out`` (a file a command writes) lies inside the run directory:
+        what reads a run never writes into it."""
+        if Path(out).resolve().is_relative_to(self.path.resolve()):
+            raise data.DataError(
+                f"--out {out}: is inside the run directory {self}; write it outside."
+            )
+
     # -- checkpoints
 
     def checkpointer(self, *, keep: int = 2, best_mode: str = "min") -> checkpoint.Checkpointer:
@@ -1073,8 +1081,8 @@ def predict_file(
     batch_size = PREDICT_BATCH if batch_size is None else batch_size
     kind = "csv" if out is None else _out_format(out)
     run = RunDir(run_dir)
-    if out is not None and Path(out).resolve().is_relative_to(run.path.resolve()):
-        raise data.DataError(f"--out {out}: is inside the run directory {run}; write elsewhere.")
+    if out is not None:
+        run.require_outside(out)
     cfg = run.read_config()
     pre = run.preprocessing(cfg)
     net = run.model(cfg)
@@ -1328,8 +1336,7 @@ def export_run(run_dir: PathLike, out: PathLike, *, best: bool = False) -> dict[
     run = RunDir(run_dir)
     cfg = run.read_config()
     out = Path(out)
-    if out.resolve().is_relative_to(run.path.resolve()):
-        raise RunDirectoryError(f"--out {out}: choose a file outside the run directory {run}.")
+    run.require_outside(out)
     net = run.model(cfg)
     pre = run.preprocessing(cfg)
     params = _restore(run, cfg, best=best)
