@@ -253,7 +253,7 @@ def fit_preprocessing(
             f"{name}: categorical column {outside[0]!r} (data.categorical) is not a feature; "
             f"the features are {', '.join(features)}."
         )
-    cats = tuple((c, tuple(sorted(set(_categories(frame[c], name, c, row))))) for c in categorical)
+    cats = tuple((c, tuple(_categories(frame[c], name, c, row)[1])) for c in categorical)
     class_names = None
     if task == "classification":
         class_names = _class_names(frame[label], name, label, row)
@@ -291,40 +291,50 @@ def encode(
                 f"(training columns: {', '.join(pre.columns)})."
             )
     cats = dict(pre.categorical)
-    blocks = []
+    x = np.empty((len(frame), len(pre.input_names)), np.float32)
+    at = 0
     for column in pre.features:
         if column in cats:
-            values = _categories(frame[column], name, column, row)
+            distinct = _categories(frame[column], name, column, row)
             known = cats[column]
-            codes = _codes(values, known, f"{name}: column {column!r}", "category", "known", row)
-            blocks.append(np.eye(len(known), dtype=np.float32)[codes])
+            codes = _codes(*distinct, known, f"{name}: column {column!r}", "category", "known", row)
+            x[:, at : at + len(known)] = np.eye(len(known), dtype=np.float32)[codes]
+            at += len(known)
         else:
-            blocks.append(_numeric(frame[column], name, column, row)[:, None])
-    x = np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+            x[:, at] = _numeric(frame[column], name, column, row)
+            at += 1
     series = frame[pre.label]
     if pre.class_names is None:
         hint = "use a classification head (model.output: softmax) for classes"
         y = _numeric(series, name, pre.label, row, hint)[:, None].astype(np.float32)
     else:
-        values = _label_strings(series, name, pre.label, row)
+        distinct = _label_strings(series, name, pre.label, row)
         where = f"{name}: label column {pre.label!r}"
-        y = _codes(values, pre.class_names, where, "class", "classes", row).astype(np.int32)
+        y = _codes(*distinct, pre.class_names, where, "class", "classes", row).astype(np.int32)
     return x, y
 
 
 def _codes(
-    values: Sequence[str], known: Sequence[str], where: str, kind: str, listing: str, row: Any
+    codes: np.ndarray,
+    names: np.ndarray,
+    known: Sequence[str],
+    where: str,
+    kind: str,
+    listing: str,
+    row: Any,
 ) -> np.ndarray:
-    """The index of each value among ``known`` (int64 ``(n,)``), looked up in bulk; DataError
-    at ``where`` naming the first value (a ``kind``) that training did not have."""
-    codes = np.asarray(require_pandas().Index(list(known)).get_indexer(values), np.int64)
-    if (codes < 0).any():
-        i = int(np.argmax(codes < 0))
+    """Each row's index among ``known`` (int64 ``(n,)``), from its index ``codes`` into the
+    column's distinct ``names`` (as :func:`_distinct` gives them); DataError at ``where``
+    naming the first value (a ``kind``) that training did not have."""
+    lookup = np.asarray(require_pandas().Index(list(known)).get_indexer(names), np.int64)
+    out = lookup[codes]
+    if (out < 0).any():
+        i = int(np.argmax(out < 0))
         raise DataError(
-            f"{where}, {row(i)}: {kind} {values[i]!r} was not in the training data "
+            f"{where}, {row(i)}: {kind} {names[codes[i]]!r} was not in the training data "
             f"({listing}: {', '.join(known)})."
         )
-    return codes
+    return out
 
 
 def _require(frame: Any, name: str, columns: Sequence[str], what: str) -> None:
@@ -361,37 +371,49 @@ def _numeric(
     return values
 
 
-def _categories(series: Any, name: str, column: str, row: Any) -> list[str]:
-    """A categorical column's values as strings; DataError at the first missing one."""
-    missing = series.isna().to_numpy()
-    if missing.any():
-        i = int(np.argmax(missing))
-        raise DataError(f"{name}: column {column!r}, {row(i)}: the value is missing.")
-    return [_name(v) for v in series.tolist()]
+def _categories(series: Any, name: str, column: str, row: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A categorical column as :func:`_distinct`'s ``(codes, names)``; DataError at the first
+    missing value."""
+    return _distinct(series, f"{name}: column {column!r}", "the value", row)
 
 
 def _class_names(series: Any, name: str, column: str, row: Any) -> tuple[str, ...]:
     """The sorted classes of a label column, as names: numbers in numeric order, else text."""
     pd = require_pandas()
-    _label_strings(series, name, column, row)  # refuses missing and fractional labels
+    _, names = _label_strings(series, name, column, row)  # refuses missing, fractional labels
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return tuple(_name(v) for v in np.unique(series.to_numpy()))
-    return tuple(sorted(set(_label_strings(series, name, column, row))))
+    return tuple(str(n) for n in names)
 
 
-def _label_strings(series: Any, name: str, column: str, row: Any) -> list[str]:
+def _label_strings(series: Any, name: str, column: str, row: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A label column as :func:`_distinct`'s ``(codes, names)``; DataError at the first
+    missing label or fractional number."""
+    where = f"{name}: label column {column!r}"
+    codes, uniques = require_pandas().factorize(series.to_numpy(), use_na_sentinel=False)
+    for j, v in enumerate(uniques):
+        if isinstance(v, float | np.floating) and v == v and v != round(v):
+            raise DataError(
+                f"{where}, {row(int(np.argmax(codes == j)))}: {v} is not a class (a whole "
+                "number or a name); for numeric targets use a regression head (model.output: "
+                "identity)."
+            )
+    return _distinct(series, where, "the label", row)
+
+
+def _distinct(series: Any, where: str, what: str, row: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)``: each row's index ``(n,)`` into the column's distinct values, named
+    as text and sorted ``(m,)``, computed per distinct value, not per row; DataError at
+    ``where`` for the first missing value (``what`` says what it is)."""
     missing = series.isna().to_numpy()
     if missing.any():
-        i = int(np.argmax(missing))
-        raise DataError(f"{name}: label column {column!r}, {row(i)}: the label is missing.")
-    values = series.tolist()
-    for i, v in enumerate(values):
-        if isinstance(v, float) and v != round(v):
-            raise DataError(
-                f"{name}: label column {column!r}, {row(i)}: {v} is not a class (a whole number "
-                "or a name); for numeric targets use a regression head (model.output: identity)."
-            )
-    return [_name(v) for v in values]
+        raise DataError(f"{where}, {row(int(np.argmax(missing)))}: {what} is missing.")
+    codes, uniques = require_pandas().factorize(series.to_numpy())
+    # Values that read the same (1 and 1.0, 1 and "1") become one name.
+    names, merged = np.unique(
+        np.asarray([_name(v) for v in uniques], dtype=str), return_inverse=True
+    )
+    return merged[codes], names.astype(object)
 
 
 def _name(value: Any) -> str:
