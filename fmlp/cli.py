@@ -48,10 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
     p = sub.add_parser(
         "export",
-        help="serialize a run's model (jax.export, any batch size) with its preprocessing",
+        help="serialize a run's model (jax.export or ONNX, any batch size) with its preprocessing",
     )
     p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="the artifact file to write, e.g. model.jax")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.jax or model.onnx")
+    p.add_argument(
+        "--format",
+        choices=run.EXPORT_FORMATS,
+        default="jax",
+        help="jax: a jax.export artifact (default); onnx: an ONNX model (needs fmlp[onnx])",
+    )
     p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
     p = sub.add_parser(
         "graph",
@@ -171,7 +177,7 @@ def _die_with_parent() -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    info = run.export_run(args.run_dir, args.out, best=args.best)
+    info = run.export_run(args.run_dir, args.out, best=args.best, format=args.format)
     print(
         f"wrote {info['file']}: takes (batch, {len(info['inputs'])}) float32 features "
         f"({', '.join(info['inputs'])}), returns (batch, {len(info['outputs'])}) "

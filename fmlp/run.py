@@ -51,6 +51,7 @@ from fmlp import checkpoint, config, data, nn, parallel, tables, train, viz
 from fmlp.errors import (
     DistributedError,
     Interrupted,
+    ModuleLoadError,
     NoCheckpointError,
     RunDirectoryError,
     RunDirectoryWarning,
@@ -279,6 +280,47 @@ class RunDir:
                 "run, or train again."
             ) from None
 
+    def require_same_data(self, cfg: config.Config, dataset: data.Dataset, *, flag: str) -> None:
+        """Refuse to go on when the data read now is not encoded as the run saved it.
+
+        A table or training file edited since the run began would give other categories,
+        classes or normalizer statistics: resuming or evaluating on them would be silently
+        wrong.
+
+        Raises:
+          DataError: the saved ``preprocessing.json`` or ``normalizer.npz`` differ from what
+            ``dataset`` was encoded with, naming the file to restore.
+        """
+        saved_pre = self.preprocessing(cfg)
+        if saved_pre is not None and saved_pre != dataset.preprocessing:
+            raise data.DataError(
+                f"{flag} {self}: data.train={cfg.data.train or cfg.data.name} is not the data "
+                f"this run was trained on: its columns, categories or classes differ from "
+                f"{self.path / self.PREPROCESSING}. Point data.train at the original file."
+            )
+        saved = self.normalizer(cfg)
+        if saved is not None and not (
+            np.array_equal(saved[0], dataset.mean) and np.array_equal(saved[1], dataset.std)
+        ):
+            raise data.DataError(
+                f"{flag} {self}: the training split read now has other feature statistics "
+                f"than {self.path / self.NORMALIZER} holds, so data.train (or data.subset, "
+                "data.validation_fraction, train.seed) changed since the run was trained. "
+                "Restore the original data and keys."
+            )
+
+    def class_names(self, cfg: config.Config, net: nn.MLP) -> tuple[str, ...] | None:
+        """The name of each class id: a table's or scikit-learn set's saved classes,
+        Fashion-MNIST's, else the ids as text; None for a regression run."""
+        if net.head.task != "classification":
+            return None
+        pre = self.preprocessing(cfg)
+        if pre is not None and pre.class_names is not None:
+            return pre.class_names
+        if cfg.data.name == "fashion_mnist":
+            return data.CLASS_NAMES
+        return tuple(str(i) for i in range(net.sizes[-1]))
+
     # -- metrics and reports
 
     def read_history(self, upto: int) -> list[dict[str, Any]]:
@@ -354,14 +396,23 @@ class RunDir:
         return root.is_dir() and any(root.rglob("_CHECKPOINT_METADATA"))
 
     def _write(self, name: str, payload: bytes) -> None:
-        """Replace file ``name`` whole: write beside it, flush to disk, rename."""
-        tmp = self.path / f".{name}.tmp"
+        _replace_file(self.path / name, payload)
+
+
+def _replace_file(path: Path, payload: bytes) -> None:
+    """Replace file ``path`` whole: write beside it, flush to disk, rename; on failure the
+    old file (or none) stays and the partial one is removed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
         with tmp.open("wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(self.path / name)
-        _fsync_dir(self.path)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -591,6 +642,7 @@ def set_up(
         state = train.init_state(net, tx, seed=tc.seed)
         layout = parallel.layout(cfg.parallel, state, tx, batch_size=tc.batch_size)
         if resume is not None:
+            run_dir.require_same_data(cfg, dataset, flag="--resume")
             ckpt, state, history = _resume(run_dir, cfg, net, state, main)
         else:
             if main:
@@ -806,7 +858,8 @@ def finish(
     }
     if run.main:
         run.dir.write_summary(summary)
-        _plots(run.dir, run.history, run.metric, test.get("confusion"), "test")
+        labels = run.dir.class_names(run.cfg, run.net)
+        _plots(run.dir, run.history, run.metric, test.get("confusion"), "test", labels)
     return run.state, {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
 
 
@@ -908,10 +961,18 @@ def _kept(run: Run, kind: str, advice: str = "") -> str:
     )
 
 
-def _plots(run_dir: RunDir, history: list[dict], metric: str, confusion: Any, split: str) -> None:
+def _plots(
+    run_dir: RunDir,
+    history: list[dict],
+    metric: str,
+    confusion: Any,
+    split: str,
+    labels: Sequence[str] | None,
+) -> None:
     viz.training_curves(history, run_dir.plots(), metric=metric)
     if confusion is not None:
-        viz.confusion_matrix(np.asarray(confusion), run_dir.plots() / f"confusion_{split}.png")
+        path = run_dir.plots() / f"confusion_{split}.png"
+        viz.confusion_matrix(np.asarray(confusion), path, labels=labels)
 
 
 def _version() -> str:
@@ -1025,10 +1086,15 @@ def evaluate_checkpoint(
     run = RunDir(run_dir)
     cfg = run.read_config()
     params = _restore(run, cfg, best=best)
-    result = evaluate_split(cfg, load_dataset(cfg), params, split)
-    return {"split": split, "checkpoint": "best" if best else "latest"} | {
-        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
-    }
+    dataset = load_dataset(cfg)
+    run.require_same_data(cfg, dataset, flag="fmlp eval")
+    result = evaluate_split(cfg, dataset, params, split)
+    names = run.class_names(cfg, run.model(cfg))
+    return (
+        {"split": split, "checkpoint": "best" if best else "latest"}
+        | {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
+        | ({} if names is None else {"class_names": list(names)})
+    )
 
 
 def save_evaluation(run_dir: PathLike, report: dict[str, Any]) -> None:
@@ -1036,12 +1102,10 @@ def save_evaluation(run_dir: PathLike, report: dict[str, Any]) -> None:
     run = RunDir(run_dir)
     cfg = run.read_config()
     split = report["split"]
-    confusion = report.get("confusion")
+    confusion, labels = report.get("confusion"), report.get("class_names")
     history = run.read_history(upto=cfg.train.epochs)
-    _storage(
-        lambda: _plots(run, history, train.metric_name(run.model(cfg)), confusion, split),
-        run.path,
-    )
+    metric = train.metric_name(run.model(cfg))
+    _storage(lambda: _plots(run, history, metric, confusion, split, labels), run.path)
     _storage(lambda: run.write_eval(split, report), run.path)
 
 
@@ -1086,10 +1150,9 @@ def predict_file(
     cfg = run.read_config()
     pre = run.preprocessing(cfg)
     net = run.model(cfg)
-    classes = net.head.task == "classification"
-    if proba and not classes:
+    names = run.class_names(cfg, net)
+    if proba and names is None:
         raise data.DataError(f"--proba: {run} is a regression run; it has no class probabilities.")
-    names = _class_names(pre, net) if classes else None
     mean, std = run.normalizer(cfg) or (np.float32(0.0), np.float32(1.0))
     chunks = _input_chunks(input, cfg, pre, net, batch_size)
     first = next(chunks)  # reads, checks and encodes the first batch before the checkpoint
@@ -1124,12 +1187,6 @@ def _out_format(out: PathLike) -> str:
             f"ending in one of {', '.join(PREDICT_OUTPUTS)}."
         )
     return suffix[1:]
-
-
-def _class_names(pre: tables.Preprocessing | None, net: nn.MLP) -> tuple[str, ...]:
-    if pre is not None and pre.class_names is not None:
-        return pre.class_names
-    return tuple(str(i) for i in range(net.sizes[-1]))
 
 
 def _prediction_columns(
@@ -1320,19 +1377,33 @@ class _PredictionWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def export_run(run_dir: PathLike, out: PathLike, *, best: bool = False) -> dict[str, Any]:
-    """Serialize a run's model as a ``jax.export`` artifact that needs jax alone to call.
+EXPORT_FORMATS: tuple[str, ...] = ("jax", "onnx")
+"""``fmlp export --format``: a ``jax.export`` artifact, or an ONNX model (the ``onnx`` extra)."""
 
-    The artifact takes the run's raw features ``(B, F)`` float32 for any batch size ``B``:
+
+def export_run(
+    run_dir: PathLike, out: PathLike, *, best: bool = False, format: str = "jax"
+) -> dict[str, Any]:
+    """Serialize a run's model so that it runs without fmlp: jax alone, or an ONNX runtime.
+
+    The model takes the run's raw features ``(B, F)`` float32 for any batch size ``B``:
     the feature columns in training order (``preprocessing.json``'s ``features``), a
     categorical column given as the index of its category in that file's list. The one-hot
     encoding and the saved normalisation are folded in; it returns class probabilities
-    ``(B, K)`` (softmax head) or outputs ``(B, out)``. ``jax.export.deserialize(bytes).call(x)``
-    runs it. Nothing in the run directory is written; ``out`` appears whole or not at all.
+    ``(B, K)`` (softmax head) or outputs ``(B, out)``. ``format="jax"``: a ``jax.export``
+    artifact, run by ``jax.export.deserialize(bytes).call(x)``; ``"onnx"``: an ONNX model
+    (converted by jax2onnx): input ``x``, output ``y``, the batch dimension ``B`` dynamic.
+    Nothing in the run directory is written; ``out`` appears whole or not at all.
 
     Returns:
-      What the artifact takes: ``{"inputs": [names], "outputs": [names], "file": out}``.
+      What the model takes: ``{"inputs": [names], "outputs": [names], "file": out}``.
+
+    Raises:
+      InputError: ``out`` inside the run, an unknown ``format``, or ``onnx`` without the
+        ``onnx`` extra installed.
     """
+    if format not in EXPORT_FORMATS:
+        raise data.DataError(f"--format {format}: expected one of {', '.join(EXPORT_FORMATS)}.")
     run = RunDir(run_dir)
     cfg = run.read_config()
     out = Path(out)
@@ -1358,14 +1429,28 @@ def export_run(run_dir: PathLike, out: PathLike, *, best: bool = False) -> dict[
         x = jnp.concatenate(columns, axis=1)
         return net.apply(params, (x - mean[None, :]) / std[None, :])
 
-    batch = jax.export.symbolic_shape("batch")[0]
-    spec = jax.ShapeDtypeStruct((batch, len(features)), jnp.float32)
-    artifact = jax.export.export(jax.jit(model))(spec).serialize()
-    tmp = out.with_name(f".{out.name}.partial")
-    _storage(lambda: tmp.write_bytes(artifact), out.parent)
-    tmp.replace(out)
-    classes = pre.class_names if pre is not None else None
-    outputs = (
-        [str(c) for c in classes] if classes else [f"output_{j}" for j in range(net.sizes[-1])]
-    )
+    if format == "onnx":
+        artifact = _onnx(model, len(features))
+    else:
+        batch = jax.export.symbolic_shape("batch")[0]
+        spec = jax.ShapeDtypeStruct((batch, len(features)), jnp.float32)
+        artifact = bytes(jax.export.export(jax.jit(model))(spec).serialize())
+    _storage(lambda: _replace_file(out, artifact), out.parent)
+    classes = run.class_names(cfg, net)
+    outputs = list(classes) if classes else [f"output_{j}" for j in range(net.sizes[-1])]
     return {"inputs": features, "outputs": outputs, "file": str(out)}
+
+
+def _onnx(model: Callable[[Array], Array], num_features: int) -> bytes:
+    """``model`` on ``(B, num_features)`` float32 as a serialized ONNX model (jax2onnx)."""
+    try:
+        import jax2onnx
+    except ImportError:
+        raise ModuleLoadError(
+            "--format onnx needs jax2onnx and onnxruntime: pip install 'fmlp[onnx]' (README's "
+            "setup, scripts/setup.sh, installs them)."
+        ) from None
+    proto = jax2onnx.to_onnx(
+        model, [("B", num_features)], model_name="fmlp", input_names=["x"], output_names=["y"]
+    )
+    return proto.SerializeToString()

@@ -101,3 +101,28 @@ def test_cli_export_writes_the_file_and_refuses_the_run_directory(penguins, tmp_
     assert not (penguins / "m.jax").exists()
     with pytest.raises(errors.RunDirectoryError, match=r"no config\.yaml"):
         run.export_run(tmp_path, tmp_path / "x.jax")
+
+
+def test_onnx_model_in_onnxruntime_equals_predict(penguins, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra (scripts/setup.sh installs it)")
+    model = tmp_path / "penguins.onnx"
+    result = subprocess.run(
+        [str(FMLP), "export", str(penguins), "--out", str(model), "--format", "onnx"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(model))
+    (x_input,) = session.get_inputs()
+    assert x_input.name == "x" and isinstance(x_input.shape[0], str)  # a dynamic batch
+    frame = pd.read_csv(PENGUINS)
+    want = run.predict_file(penguins, PENGUINS, out=tmp_path / "p.csv", proba=True)
+    want = pd.read_csv(tmp_path / "p.csv").filter(like="proba_").to_numpy()
+    for rows in (slice(0, 1), slice(None)):
+        (got,) = session.run(["y"], {"x": raw_features(penguins, frame[rows])})
+        np.testing.assert_allclose(got, want[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_export_format_is_refused(penguins, tmp_path):
+    with pytest.raises(errors.DataError, match=r"--format tflite: expected one of jax, onnx"):
+        run.export_run(penguins, tmp_path / "m.tflite", format="tflite")
+    assert not (tmp_path / "m.tflite").exists()

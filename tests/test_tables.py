@@ -340,6 +340,31 @@ def test_table_run_saves_its_preprocessing(tmp_path):
         run.preprocessing(cfg)
 
 
+def test_eval_names_the_classes_and_refuses_an_edited_train_file(tmp_path):
+    train = write_csv(tmp_path / "t.csv")
+    fmlp.fit(table_config(train, categorical=["island"]), out=tmp_path / "run")
+    report = fmlp.run.evaluate_run(tmp_path / "run", split="val")
+    assert report["class_names"] == ["a", "b", "c"]
+    assert np.asarray(report["confusion"]).shape == (3, 3)
+    saved = json.loads((tmp_path / "run" / "eval_val.json").read_text())
+    assert saved["class_names"] == ["a", "b", "c"]
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    # a category added to the training file: evaluating now would mis-encode the rows
+    write_csv(train, [*ROWS, "c,z,4.0,25"])
+    for call in (
+        lambda: fmlp.run.evaluate_run(tmp_path / "run"),
+        lambda: fmlp.fit(tmp_path / "run" / "config.yaml", resume=tmp_path / "run"),
+    ):
+        with pytest.raises(DataError, match=r"not the data this run was trained on"):
+            call()
+    # a changed value: the same encoding, other normalizer statistics
+    write_csv(train, [f"{r},{int(mass) + 1}" for r, mass in (r.rsplit(",", 1) for r in ROWS)])
+    with pytest.raises(DataError, match=r"other feature statistics than .*normalizer\.npz"):
+        fmlp.run.evaluate_run(tmp_path / "run")
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before
+
+
 def test_builtin_runs_without_preprocessing_still_load(tmp_path):
     cfg = {"data": {"name": "lecture_classification"}, "model": {"hidden": [4]}} | FAST
     fmlp.fit(cfg, out=tmp_path / "run")
