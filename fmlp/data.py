@@ -672,6 +672,20 @@ def _read_table(
     return x, y, x_test, y_test, task, num_classes, pre
 
 
+def _standardizer(x: np.ndarray, rows: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature float32 ``(mean, std)`` of ``x`` ``(examples, features)``, summed in float64
+    over blocks of ``rows`` (no float64 copy of ``x``); a constant feature gets std 1."""
+    mean = np.zeros(x.shape[1])
+    for start in range(0, len(x), rows):
+        mean += x[start : start + rows].sum(axis=0, dtype=np.float64)
+    mean /= len(x)
+    var = np.zeros(x.shape[1])
+    for start in range(0, len(x), rows):
+        var += np.square(x[start : start + rows] - mean).sum(axis=0)
+    std = np.sqrt(var / len(x))
+    return mean.astype(np.float32), np.where(std < _MIN_STD, 1.0, std).astype(np.float32)
+
+
 def load(
     name: str,
     *,
@@ -762,10 +776,7 @@ def load(
 
     mean = std = None
     if normalize == "standardize":
-        mean64 = x_train.mean(axis=0, dtype=np.float64)
-        std64 = x_train.std(axis=0, dtype=np.float64)
-        mean = mean64.astype(np.float32)
-        std = np.where(std64 < _MIN_STD, 1.0, std64).astype(np.float32)
+        mean, std = _standardizer(x_train)
         x_train, x_val, x_test = ((x - mean) / std for x in (x_train, x_val, x_test))
 
     dataset = Dataset(

@@ -122,9 +122,10 @@ def read_frame(path: str | os.PathLike[str], *, label: str, features: Sequence[s
     kind = file_format(path)
     try:
         if kind in ("csv", "tsv"):
-            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", engine="pyarrow")
+            sep = "," if kind == "csv" else "\t"
+            frame = pd.read_csv(path, sep=sep, engine="pyarrow", dtype_backend="pyarrow")
         elif kind == "parquet":
-            frame = pd.read_parquet(path, engine="pyarrow")
+            frame = pd.read_parquet(path, engine="pyarrow", dtype_backend="pyarrow")
         else:
             frame = _read_npz(path, label=label, features=features)
     except FileNotFoundError:
