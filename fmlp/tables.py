@@ -361,10 +361,15 @@ def _numeric(
                 f"{name}: column {column!r}, {row(i)}: {_show(series.iloc[i])} is not a number; "
                 f"fix the value, or {hint}."
             )
-    bad = ~np.isfinite(values)
+    bad = ~(np.abs(values) <= np.finfo(np.float32).max)  # NaN, inf, or inf once float32
     if bad.any():
         i = int(np.argmax(bad))
-        what = "is missing (empty or NaN)" if np.isnan(values[i]) else f"is {values[i]}"
+        if np.isnan(values[i]):
+            what = "is missing (empty or NaN)"
+        elif np.isinf(values[i]):
+            what = f"is {values[i]}"
+        else:
+            what = f"{values[i]:g} is beyond float32's range (about ±3.4e38)"
         raise DataError(
             f"{name}: column {column!r}, {row(i)}: the value {what}; "
             f"{int(bad.sum())} value(s) in this column are not finite. Clean or drop those rows."

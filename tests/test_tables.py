@@ -209,6 +209,11 @@ def test_importing_fmlp_does_not_import_pandas():
             r"t\.csv: column 'mass', line 8: the value is inf",
         ),
         (
+            [*ROWS[:6], "a,x,1.0,1e39", *ROWS[7:]],
+            {"categorical": ["island"]},
+            r"t\.csv: column 'mass', line 8: the value 1e\+39 is beyond float32's range",
+        ),
+        (
             [*ROWS[:6], "a,x,1.0,nan", *ROWS[7:]],
             {"categorical": ["island"]},
             r"t\.csv: column 'mass', line 8: the value is missing",
@@ -227,7 +232,8 @@ def test_importing_fmlp_does_not_import_pandas():
         ),
     ],
     ids=[
-        "missing label", "missing feature", "not a number", "empty value", "inf", "nan",
+        "missing label", "missing feature", "not a number", "empty value", "inf", "float32 range",
+        "nan",
         "single class", "text without categorical", "unknown categorical", "missing label value",
     ],
 )  # fmt: skip
