@@ -20,7 +20,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from fmlp import config, errors, gates, run, testing, train, viz
+from fmlp import config, errors, gates, run, sweep, testing, train, viz
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +33,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=3")
     p.add_argument("--out", help="run directory to create (default: run.out_dir/<name>-<time>)")
     p.add_argument("--resume", help="run directory to continue from its latest checkpoint")
+    p = sub.add_parser(
+        "sweep",
+        help="train every member of a grid (x seeds) together; rank them, keep each as a run",
+        description="Each key=v1,v2,... gives a key's values; the members are their product "
+        "(x --seeds). Members that differ only in optimizer hyper-parameters or the seed train "
+        "in one vectorized program.",
+    )
+    p.add_argument("config", nargs="?", help="base YAML config (not with --resume)")
+    p.add_argument(
+        "grid", nargs="*", help="section.key=v1,v2,..., e.g. optimizer.learning_rate=0.1,0.01"
+    )
+    p.add_argument("--seeds", type=_positive, default=1, help="seeds per grid point (default 1)")
+    p.add_argument("--out", help="sweep directory to create (default: run.out_dir/sweep-<time>)")
+    p.add_argument(
+        "--vectorize",
+        choices=sweep.VECTORIZE,
+        default="auto",
+        help="auto: one program per group of members; never: one member at a time",
+    )
+    p.add_argument("--top", type=_positive, default=3, help="members in the ensemble (default 3)")
+    p.add_argument("--resume", help="an interrupted sweep directory to continue")
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on a split")
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -46,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write .csv, .parquet or .npz (default: CSV to stdout)")
     p.add_argument("--proba", action="store_true", help="add each class's probability")
     p.add_argument("--best", action="store_true", help="use the best checkpoint, not the latest")
+    p.add_argument("--top", type=_positive, help="RUN is a sweep: average its N best members")
     p = sub.add_parser(
         "export",
         help="serialize a run's model (jax.export or ONNX, any batch size) with its preprocessing",
@@ -192,11 +214,35 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    rows = run.predict_file(
-        args.run_dir, args.input, out=args.out, proba=args.proba, best=args.best
-    )
+    runs = args.run_dir if args.top is None else sweep.SweepDir(args.run_dir).best_members(args.top)
+    rows = run.predict_file(runs, args.input, out=args.out, proba=args.proba, best=args.best)
     if args.out is not None:
         print(f"wrote {rows} predictions to {args.out}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    if (args.config is None) == (args.resume is None) or (args.resume and args.grid):
+        raise config.ConfigError("give a config and key=v1,v2 values, or --resume DIR alone")
+    result = sweep.sweep(
+        args.config, args.grid, seeds=args.seeds, out=args.out, vectorize=args.vectorize,
+        top=args.top, resume=args.resume,
+    )  # fmt: skip
+    rows = result["members"]
+    keys = [k for k in rows[0] if k not in ("member", "run_dir")] if rows else []
+    widths = {k: max(len(k), *(len(_cell(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.rjust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(_cell(r[k]).rjust(widths[k]) for k in keys))
+    summary = result["summary"]
+    ensemble = {k: v for k, v in summary.items() if k.startswith("ensemble_")}
+    for k, v in ensemble.items():
+        print(f"{k} (top {summary['top']}): {v:.4f}")
+    counts = f"{summary['members']} members, {summary['groups']} programs"
+    print(f"sweep directory: {result['dir']} ({counts})")
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _graph(args: argparse.Namespace) -> None:
@@ -283,6 +329,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "eval": _eval,
     "export": _export,
     "predict": _predict,
+    "sweep": _sweep,
     "graph": _graph,
     "gradcheck": _gradcheck,
 }

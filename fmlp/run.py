@@ -396,10 +396,10 @@ class RunDir:
         return root.is_dir() and any(root.rglob("_CHECKPOINT_METADATA"))
 
     def _write(self, name: str, payload: bytes) -> None:
-        _replace_file(self.path / name, payload)
+        replace_file(self.path / name, payload)
 
 
-def _replace_file(path: Path, payload: bytes) -> None:
+def replace_file(path: Path, payload: bytes) -> None:
     """Replace file ``path`` whole: write beside it, flush to disk, rename; on failure the
     old file (or none) stays and the partial one is removed."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -571,7 +571,7 @@ def fit(
       fmlp.errors.DistributedError: another process of a multi-process run died or cannot
         be reached; checkpoints up to the last complete epoch stay.
     """
-    with _Signals() as signals:
+    with Signals() as signals:
         run = set_up(
             source, overrides, out=out, resume=resume, signals=signals, arrays=(train, test)
         )
@@ -596,7 +596,7 @@ def set_up(
     *,
     out: PathLike | None,
     resume: PathLike | None,
-    signals: _Signals,
+    signals: Signals,
     arrays: tuple[Any, Any] = (None, None),
 ) -> Run:
     """Config, processes, run directory, data, model, optimizer, layout and (resumed) state.
@@ -724,7 +724,7 @@ def _storage(write: Callable[[], Any], path: Path) -> Any:
         ) from err
 
 
-class _Signals:
+class Signals:
     """SIGINT and SIGTERM during :func:`fit` end the run between steps, never inside one.
 
     The handler only records the signal (an exception raised inside XLA's compile or a
@@ -734,7 +734,7 @@ class _Signals:
 
     NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
 
-    def __enter__(self) -> _Signals:
+    def __enter__(self) -> Signals:
         self.received: int | None = None
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -818,7 +818,7 @@ def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[floa
             host = run.layout.fetch(device)
             elapsed = time.perf_counter() - start
             seconds.append(elapsed)
-            result = EpochResult(epoch, host, _metrics_row(run, epoch, host, elapsed), elapsed)
+            result = EpochResult(epoch, host, metrics_row(run, epoch, host, elapsed), elapsed)
             for hook in hooks:
                 hook(run, result)
     except (jax.errors.JaxRuntimeError, ValueError) as err:  # XLA's collectives raise either
@@ -866,7 +866,8 @@ def finish(
 # ----------------------------------------------------------------------------- epoch hooks
 
 
-def _metrics_row(run: Run, epoch: int, host: dict[str, Any], seconds: float) -> dict[str, Any]:
+def metrics_row(run: Run, epoch: int, host: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The epoch's line of ``metrics.jsonl`` from the values fetched from the devices."""
     row = {
         "epoch": epoch,
         "train_loss": float(host["train_loss"]),
@@ -1119,7 +1120,7 @@ PREDICT_OUTPUTS: tuple[str, ...] = (".csv", ".parquet", ".npz")
 
 
 def predict_file(
-    run_dir: PathLike,
+    run_dir: PathLike | Sequence[PathLike],
     input: PathLike,
     *,
     out: PathLike | None = None,
@@ -1127,7 +1128,8 @@ def predict_file(
     best: bool = False,
     batch_size: int | None = None,
 ) -> int:
-    """Predict every row of a table file with a run's latest (or best) checkpoint.
+    """Predict every row of a table file with a run's latest (or best) checkpoint, or with
+    several runs (an ensemble: the mean of their probabilities or outputs).
 
     ``input`` is a ``.csv``/``.tsv``/``.parquet``/``.npz`` file with the run's feature columns
     (its label column may be present; it is ignored). The run's saved preprocessing and
@@ -1144,33 +1146,45 @@ def predict_file(
     """
     batch_size = PREDICT_BATCH if batch_size is None else batch_size
     kind = "csv" if out is None else _out_format(out)
-    run = RunDir(run_dir)
+    runs = [RunDir(d) for d in ([run_dir] if isinstance(run_dir, str | os.PathLike) else run_dir)]
     if out is not None:
-        run.require_outside(out)
-    cfg = run.read_config()
+        for member in runs:
+            member.require_outside(out)
+    configs = [member.read_config() for member in runs]
+    run, cfg = runs[0], configs[0]
     pre = run.preprocessing(cfg)
     net = run.model(cfg)
     names = run.class_names(cfg, net)
+    for member, member_cfg in zip(runs[1:], configs[1:]):
+        if (member.preprocessing(member_cfg), member.class_names(member_cfg, net)) != (pre, names):
+            raise data.DataError(
+                f"{member} and {run} encode their inputs or name their outputs differently; "
+                "an ensemble averages runs trained on the same data."
+            )
     if proba and names is None:
         raise data.DataError(f"--proba: {run} is a regression run; it has no class probabilities.")
-    mean, std = run.normalizer(cfg) or (np.float32(0.0), np.float32(1.0))
     chunks = _input_chunks(input, cfg, pre, net, batch_size)
     first = next(chunks)  # reads, checks and encodes the first batch before the checkpoint
-    params = _restore(run, cfg, best=best)
-    forward = jax.jit(net.apply)
+    models = []
+    for member, member_cfg in zip(runs, configs):
+        mean, std = member.normalizer(member_cfg) or (np.float32(0.0), np.float32(1.0))
+        forward = jax.jit(member.model(member_cfg).apply)
+        models.append((forward, _restore(member, member_cfg, best=best), mean, std))
     shape = batch_size if len(first) == batch_size else len(first)
     writer = _PredictionWriter(out, kind)
     rows = 0
     try:
         for x in itertools.chain([first], chunks):
-            x = np.asarray((x - mean) / std, np.float32)
-            outputs = []
-            for start in range(0, len(x), shape):  # a longer chunk than the first: split
-                part = x[start : start + shape]
-                padded = np.zeros((shape, x.shape[1]), np.float32)
-                padded[: len(part)] = part
-                outputs.append(np.asarray(forward(params, padded), np.float32)[: len(part)])
-            writer.write(_prediction_columns(np.concatenate(outputs), names, proba))
+            outputs = np.zeros((len(x), net.sizes[-1]), np.float32)
+            for forward, params, mean, std in models:
+                z = np.asarray((x - mean) / std, np.float32)
+                for start in range(0, len(z), shape):  # a longer chunk than the first: split
+                    part = z[start : start + shape]
+                    padded = np.zeros((shape, z.shape[1]), np.float32)
+                    padded[: len(part)] = part
+                    out_part = np.asarray(forward(params, padded), np.float32)[: len(part)]
+                    outputs[start : start + len(part)] += out_part / len(models)
+            writer.write(_prediction_columns(outputs, names, proba))
             rows += len(x)
     except BaseException:
         writer.abort()
@@ -1435,7 +1449,7 @@ def export_run(
         batch = jax.export.symbolic_shape("batch")[0]
         spec = jax.ShapeDtypeStruct((batch, len(features)), jnp.float32)
         artifact = bytes(jax.export.export(jax.jit(model))(spec).serialize())
-    _storage(lambda: _replace_file(out, artifact), out.parent)
+    _storage(lambda: replace_file(out, artifact), out.parent)
     classes = run.class_names(cfg, net)
     outputs = list(classes) if classes else [f"output_{j}" for j in range(net.sizes[-1])]
     return {"inputs": features, "outputs": outputs, "file": str(out)}

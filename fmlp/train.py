@@ -64,31 +64,51 @@ def apply_optimizer(
     return optax.apply_updates(params, updates), opt_state
 
 
+HYPERPARAMETERS: tuple[str, ...] = ("learning_rate", "weight_decay", "momentum", "clip_norm")
+"""The ``optimizer`` keys whose values live in the optimizer state (``optax.inject_hyperparams``):
+they change no shape or program, so a sweep's members may differ in them and train in one
+vectorized program."""
+
+
 def make_optimizer(
     cfg: config.OptimizerConfig, *, steps_per_epoch: int, epochs: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax transformation and learning-rate schedule (per step) a config asks for."""
-    lr, total = cfg.learning_rate, max(1, steps_per_epoch * epochs)
-    schedules: dict[str, Callable[[], optax.Schedule]] = {
-        "constant": lambda: optax.constant_schedule(lr),
-        "cosine": lambda: optax.cosine_decay_schedule(lr, total),
-        "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(
-            0.0, lr, steps_per_epoch * cfg.warmup_epochs, total
-        ),
-        "exponential": lambda: optax.exponential_decay(lr, steps_per_epoch, cfg.decay_rate),
-    }
-    schedule = schedules[cfg.schedule]()
-    if cfg.name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    else:
-        if cfg.name == "sgd":
-            base = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    """The optax transformation and learning-rate schedule (per step) a config asks for.
+
+    The numeric :data:`HYPERPARAMETERS` are injected (``opt_state.hyperparams``); the
+    schedule's shape (cosine, warm-up, ...) is fixed by the config.
+    """
+    total = max(1, steps_per_epoch * epochs)
+
+    def schedule_of(lr: Any) -> optax.Schedule:
+        schedules: dict[str, Callable[[], optax.Schedule]] = {
+            "constant": lambda: optax.constant_schedule(lr),
+            "cosine": lambda: optax.cosine_decay_schedule(lr, total),
+            "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(
+                0.0, lr, steps_per_epoch * cfg.warmup_epochs, total
+            ),
+            "exponential": lambda: optax.exponential_decay(lr, steps_per_epoch, cfg.decay_rate),
+        }
+        return schedules[cfg.schedule]()
+
+    def factory(
+        learning_rate: Any, weight_decay: Any, momentum: Any, clip_norm: Any
+    ) -> optax.GradientTransformation:
+        schedule = schedule_of(learning_rate)
+        if cfg.name == "adamw":
+            tx = optax.adamw(schedule, weight_decay=weight_decay)
         else:
-            base = optax.adam(schedule)
-        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), base)
-    if cfg.clip_norm is not None:
-        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
-    return tx, schedule
+            if cfg.name == "sgd":  # momentum 0 keeps a zero trace: the same steps as none
+                base = optax.sgd(schedule, momentum=momentum, nesterov=cfg.nesterov)
+            else:
+                base = optax.adam(schedule)
+            tx = optax.chain(optax.add_decayed_weights(weight_decay), base)
+        if clip_norm is not None:
+            tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+        return tx
+
+    tx = optax.inject_hyperparams(factory)(**{k: getattr(cfg, k) for k in HYPERPARAMETERS})
+    return tx, schedule_of(cfg.learning_rate)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -64,6 +64,33 @@ def training_curves(
     return paths
 
 
+def sweep_curves(
+    curves: dict[str, Sequence[tuple[int, float | None]]],
+    path: str | os.PathLike[str],
+    *,
+    metric: str,
+) -> Path:
+    """Write every sweep member's validation ``metric`` per epoch on one axis as a PNG.
+
+    ``curves``: label -> ``[(epoch, value), ...]`` (``None`` values are gaps).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = _figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for label, points in curves.items():
+        epochs = [e for e, _ in points]
+        ax.plot(epochs, [np.nan if v is None else v for _, v in points], ".-", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    if 0 < len(curves) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def confusion_matrix(
     matrix: np.ndarray, path: str | os.PathLike[str], *, labels: Sequence[str] | None = None
 ) -> Path:

@@ -1,0 +1,452 @@
+"""Sweeps: the members of a grid (and their seeds) trained together, one program per group.
+
+A sweep expands ``key=v1,v2,...`` assignments (and ``seeds`` seeds) into members, each a
+config of its own with a run directory of its own (``DIR/members/<i>/``, which ``fmlp
+eval``, ``predict`` and ``export`` take like any run). Members whose configs differ only in
+values that leave every shape and program unchanged (:data:`VECTORIZED`: the optimizer's
+numeric hyper-parameters, which live in the optimizer state through
+``optax.inject_hyperparams``, and the seed) form a group: their train states are stacked
+on a leading member axis and one compiled epoch, ``jax.vmap`` of :func:`fmlp.train.make_epoch`,
+trains them all. Groups run one after another. After each epoch every member goes through
+the same per-epoch hooks as ``fmlp train`` (:mod:`fmlp.run`), so its run directory is what
+``fmlp train`` with its overrides writes; a member that diverges or stops early is frozen
+(its state no longer changes) and reported, the others train on.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from fmlp import config, run, train
+from fmlp.errors import ConfigError, RunDirectoryError, TrainingDiverged
+
+PathLike = run.PathLike
+
+VECTORIZED: tuple[str, ...] = (
+    "optimizer.learning_rate",
+    "optimizer.weight_decay",
+    "optimizer.momentum",
+    "optimizer.clip_norm",
+    "train.seed",
+)
+"""Keys whose values leave shapes and programs unchanged: members differing only in these
+train together in one vectorized program."""
+
+VECTORIZE = ("auto", "never")
+"""``--vectorize``: ``auto`` trains each group in one program; ``never`` one member at a time
+through the same program (a group of one), for comparison and as the fallback."""
+
+
+@dataclasses.dataclass
+class Member:
+    """One point of the grid: its overrides, its run and how its training ended."""
+
+    index: int
+    overrides: dict[str, str]  # key -> value, as given on the command line
+    run: run.Run
+    status: str = "training"  # then "done", "stopped" or "diverged"
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def parse_grid(assignments: Sequence[str]) -> dict[str, list[str]]:
+    """``["optimizer.learning_rate=0.1,0.01", ...]`` -> ``{key: [values]}``.
+
+    Values are split at commas outside brackets, so ``model.hidden=[64,64],[128]`` gives two.
+
+    Raises:
+      ConfigError: an assignment without ``=``, with no value, or a key given twice.
+    """
+    grid: dict[str, list[str]] = {}
+    for text in assignments:
+        key, sep, values = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"sweep: {text!r} is not key=v1,v2,...; e.g. optimizer.learning_rate=0.1,0.01"
+            )
+        if key in grid:
+            raise ConfigError(f"sweep: {key} is given twice; list all its values once: {key}=v1,v2")
+        parts, depth, start = [], 0, 0
+        for i, ch in enumerate(values):
+            depth += (ch in "[{") - (ch in "]}")
+            if ch == "," and depth == 0:
+                parts.append(values[start:i])
+                start = i + 1
+        parts.append(values[start:])
+        parts = [p.strip() for p in parts]
+        if not all(parts):
+            raise ConfigError(f"sweep: {key} has an empty value in {values!r}; e.g. {key}=0.1,0.01")
+        grid[key] = parts
+    return grid
+
+
+def members_of(
+    grid: Mapping[str, Sequence[str]], seeds: int, base_seed: int
+) -> list[dict[str, str]]:
+    """Every member's overrides: the product of the grid's values, then of ``seeds`` seeds
+    (``train.seed`` = ``base_seed``, ``base_seed + 1``, ...), seeds varying fastest."""
+    if seeds < 1:
+        raise ConfigError(f"sweep: --seeds must be at least 1, got {seeds}.")
+    if seeds > 1 and "train.seed" in grid:
+        raise ConfigError("sweep: give train.seed=... or --seeds, not both.")
+    keys = list(grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+    if seeds == 1:
+        return points
+    return [p | {"train.seed": str(base_seed + s)} for p in points for s in range(seeds)]
+
+
+def group_key(cfg: config.Config) -> str:
+    """What must be equal for members to train in one program: the config without the
+    :data:`VECTORIZED` keys (a ``clip_norm`` of ``null`` against a number still differs)."""
+    d = config.to_dict(cfg)
+    for key in VECTORIZED:
+        section, name = key.split(".")
+        value = d[section].pop(name)
+        if name == "clip_norm":
+            d[section]["clipped"] = value is not None
+    d["run"].pop("name", None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _member(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def _shared(arrays: Sequence[Any]) -> tuple[Any, int | None]:
+    """One array for every member when they share it (``in_axes`` None), else stacked (0)."""
+    if all(a is arrays[0] for a in arrays):
+        return arrays[0], None
+    return jnp.stack(arrays), 0
+
+
+def compile_group(runs: Sequence[run.Run]) -> tuple[Callable, Callable, tuple, float]:
+    """The group's vectorized epoch and validation pass, compiled, and their data.
+
+    Returns ``(epoch, evaluate, arrays, compile_seconds)``: ``epoch(states, active, x, y)``
+    trains every ``active`` (``(K,)`` bool) member one epoch (``(states, losses (K,))``);
+    ``evaluate(params, x_val, y_val)`` gives each member's validation metrics ``(K,)``;
+    ``arrays`` are ``(x, y, x_val, y_val)``, one copy when the members share their data
+    (the same ``train.seed`` and data keys), else stacked per member.
+    """
+    first, tc = runs[0], runs[0].cfg.train
+    columns = list(zip(*(r.arrays for r in runs)))
+    arrays, axes = zip(*(_shared(column) for column in columns))
+    x, y, xv, yv = arrays
+    n = len(first.arrays[0])
+    start = time.perf_counter()
+    epoch = train.make_epoch(
+        first.net.loss, first.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
+        unroll=tc.unroll, donate=False,
+        permute=train.use_permuted_copy(
+            tc.batches, first.net, *first.arrays[:2], batch_size=tc.batch_size
+        ),
+    )  # fmt: skip
+
+    def member_epoch(state: train.TrainState, active: Any, x: Any, y: Any) -> tuple:
+        """One member's epoch; a member that is not ``active`` keeps its state."""
+        new, loss = epoch(state, x, y)
+        return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), loss
+
+    states = _stack([r.state for r in runs])
+    active = jnp.ones(len(runs), bool)
+    vectorized_epoch = (
+        jax.jit(jax.vmap(member_epoch, in_axes=(0, 0, axes[0], axes[1])), donate_argnums=0)
+        .lower(states, active, x, y)
+        .compile()
+    )
+    evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
+    vectorized_evaluate = (
+        jax.jit(jax.vmap(evaluate, in_axes=(0, axes[2], axes[3])))
+        .lower(states.params, xv, yv)
+        .compile()
+    )
+    return vectorized_epoch, vectorized_evaluate, arrays, time.perf_counter() - start
+
+
+def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: Any) -> float:
+    """Train a group's members together for their ``train.epochs``; returns compile seconds.
+
+    After each epoch each training member's slice of the results goes through ``hooks``
+    (those of :func:`fmlp.run.fit`); one that raises :class:`TrainingDiverged` is marked
+    ``diverged`` and frozen, as is one whose run reports ``stopped``.
+    """
+    runs = [m.run for m in members]
+    epoch, evaluate, (x, y, xv, yv), compile_seconds = compile_group(runs)
+    states = _stack([r.state for r in runs])
+    first = min(int(r.state.epoch) for r in runs) + 1
+    for number in range(first, runs[0].cfg.train.epochs + 1):
+        active = np.asarray([m.status == "training" for m in members])
+        if not active.any():
+            break
+        start = time.perf_counter()
+        states, losses = epoch(states, jnp.asarray(active), x, y)
+        metrics = evaluate(states.params, xv, yv)
+        host = jax.device_get({"train_loss": losses, **metrics})
+        elapsed = time.perf_counter() - start
+        for i, m in enumerate(members):
+            if not active[i]:
+                continue
+            m.run.state = _member(states, i)
+            row_host = {k: v[i] for k, v in host.items()}
+            with train.optax_dtypes():
+                row_host["lr"] = float(m.run.schedule(int(m.run.state.step) - 1))
+            result = run.EpochResult(
+                number, row_host, run.metrics_row(m.run, number, row_host, elapsed), elapsed
+            )
+            m.seconds.append(elapsed)
+            try:
+                for hook in hooks:
+                    hook(m.run, result)
+            except TrainingDiverged as err:
+                m.status, m.summary["error"] = "diverged", str(err)
+        signals.check()
+    for m in members:
+        if m.status == "training":
+            m.status = "done"
+    return compile_seconds
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+class SweepDir:
+    """A sweep's directory: ``sweep.yaml`` (what was swept), ``sweep.csv`` (one row per
+    member), ``plots/validation.png`` and ``members/<i>/``, each a run directory."""
+
+    SPEC, TABLE, SUMMARY = "sweep.yaml", "sweep.csv", "summary.json"
+    PLOT, MEMBERS = "plots/validation.png", "members"
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+
+    def member(self, i: int) -> Path:
+        return self.path / self.MEMBERS / str(i)
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        run.replace_file(self.path / self.SPEC, yaml.safe_dump(spec, sort_keys=False).encode())
+
+    def read_spec(self) -> dict[str, Any]:
+        try:
+            return yaml.safe_load((self.path / self.SPEC).read_text())
+        except OSError as err:
+            raise RunDirectoryError(
+                f"--resume {self.path}: {self.SPEC} cannot be read ({err.strerror}); it is not "
+                "a sweep directory, or the sweep never started."
+            ) from None
+
+    def write_table(self, rows: Sequence[dict[str, Any]]) -> None:
+        buffer = io.StringIO()
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        run.replace_file(self.path / self.TABLE, buffer.getvalue().encode())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        run.replace_file(self.path / self.SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+
+    def best_members(self, top: int) -> list[Path]:
+        """The run directories of the ``top`` best members (by validation metric) that did
+        not diverge."""
+        rows = [row for row in self.read_table() if row["status"] != "diverged"]
+        if top < 1 or not rows:
+            raise RunDirectoryError(
+                f"--top {top}: {self.path} has {len(rows)} member(s) to average; give --top "
+                f"between 1 and {len(rows)}."
+            )
+        return [Path(row["run_dir"]) for row in rows[:top]]
+
+    def read_table(self) -> list[dict[str, str]]:
+        try:
+            with (self.path / self.TABLE).open(newline="") as f:
+                return list(csv.DictReader(f))
+        except OSError as err:
+            raise RunDirectoryError(
+                f"{self.path}: {self.TABLE} cannot be read ({err.strerror}); is it a finished "
+                "sweep directory (fmlp sweep ... --out DIR)?"
+            ) from None
+
+
+def sweep(
+    source: run.Source,
+    grid: Mapping[str, Sequence[str]] | Sequence[str],
+    *,
+    seeds: int = 1,
+    overrides: Sequence[str] = (),
+    out: PathLike | None = None,
+    vectorize: str = "auto",
+    top: int = 3,
+    resume: PathLike | None = None,
+) -> dict[str, Any]:
+    """Train every member of a grid; write the sweep directory; return its table.
+
+    Args:
+      source: the base config (a Config, dict or YAML path); ``overrides`` apply to it.
+      grid: ``{key: [values]}`` or ``["key=v1,v2", ...]`` (:func:`parse_grid`).
+      seeds: each grid point is trained with this many seeds (``train.seed`` and up).
+      out: the sweep directory (default ``run.out_dir/sweep-<timestamp>``).
+      vectorize: ``auto`` (one program per group) or ``never`` (one member at a time).
+      top: the ensemble of this many best members is evaluated on the test split.
+      resume: an interrupted sweep directory to continue; ``source``, ``grid`` and the
+        rest are read from its ``sweep.yaml``.
+
+    Returns:
+      ``{"dir": path, "members": rows, "summary": ...}``: one row per member (its overrides,
+      status, best epoch, validation and test metrics), sorted best first by the validation
+      metric, and ``summary.json``'s content (the ``top`` ensemble's test metrics).
+
+    Raises:
+      fmlp.errors.InputError: a bad key or value (naming the member's override), or a bad
+        sweep directory; nothing is written before every member's config is valid.
+    """
+    if vectorize not in VECTORIZE:
+        raise ConfigError(
+            f"sweep: --vectorize must be one of {', '.join(VECTORIZE)}, got {vectorize!r}."
+        )
+    if resume is not None:
+        directory = SweepDir(resume)
+        spec = directory.read_spec()
+        base = config.from_dict(spec["base"])
+        points = spec["members"]
+        vectorize = spec["vectorize"]
+    else:
+        if not isinstance(grid, Mapping):
+            grid = parse_grid(grid)
+        fixed = [f"{k}={v[0]}" for k, v in grid.items() if len(v) == 1]  # plain overrides
+        grid = {k: list(v) for k, v in grid.items() if len(v) > 1}
+        base = config.resolve(source, [*overrides, *fixed])
+        points = members_of(grid, seeds, base.train.seed)
+        for point in points:  # every member valid before anything is written
+            _member_config(base, point)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        directory = SweepDir(out if out is not None else Path(base.run.out_dir) / f"sweep-{stamp}")
+        if directory.path.exists() and any(directory.path.iterdir()):
+            raise RunDirectoryError(
+                f"--out {directory.path} is not empty; choose a new directory for the sweep, "
+                f"or continue an interrupted one with --resume {directory.path}."
+            )
+        spec = {"base": config.to_dict(base), "members": points, "vectorize": vectorize}
+        directory.write_spec(spec)
+    with run.Signals() as signals:
+        members = []
+        try:
+            for i, point in enumerate(points):
+                cfg = _member_config(base, point)
+                path = directory.member(i)
+                again = resume is not None and run.RunDir(path).holds_run()
+                member_run = run.set_up(
+                    cfg, (), out=None if again else path, resume=path if again else None,
+                    signals=signals,
+                )  # fmt: skip
+                members.append(Member(i, point, member_run))
+            groups: dict[str, list[Member]] = {}
+            for m in members:
+                key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
+                groups.setdefault(key, []).append(m)
+            hooks = [run.stop_if_diverged, run.log_metrics, run.check_parity, run.save_checkpoint]
+            for group in groups.values():
+                compile_seconds = train_group(group, hooks, signals)
+                for m in group:
+                    if m.status != "diverged":
+                        programs = run.Programs(None, None, None, None, compile_seconds)
+                        m.summary = run.finish(m.run, programs, m.seconds)[1]["summary"]
+        finally:
+            for m in members:
+                m.run.ckpt.close()
+                m.run.dir.unlock()
+        rows = _table(members)
+        directory.write_table(rows)
+        _plot(directory, members)
+        best = [members[row["member"]] for row in rows if row["status"] != "diverged"]
+        summary = {"members": len(members), "groups": len(groups), "top": min(top, len(best))}
+        summary |= ensemble_test(best[:top]) if best else {}
+        directory.write_summary(summary)
+    return {"dir": str(directory.path), "members": rows, "summary": summary}
+
+
+def _member_config(base: config.Config, point: Mapping[str, str]) -> config.Config:
+    try:
+        return config.resolve(base, [f"{k}={v}" for k, v in point.items()])
+    except ConfigError as err:
+        shown = " ".join(f"{k}={v}" for k, v in point.items())
+        raise ConfigError(f"sweep member {shown}: {err}") from None
+
+
+def _table(members: Sequence[Member]) -> list[dict[str, Any]]:
+    """One row per member, best validation metric first (accuracy: highest; mse: lowest)."""
+    rows = []
+    for m in members:
+        metric = m.run.metric
+        history = m.run.history
+        scores = [row[f"val_{metric}"] for row in history if row.get(f"val_{metric}") is not None]
+        pick = max if metric == "accuracy" else min
+        best = pick(range(len(scores)), key=scores.__getitem__) if scores else None
+        rows.append(
+            {"member": m.index, **m.overrides, "status": m.status,
+             "epochs": len(history),
+             "best_epoch": history[best]["epoch"] if best is not None else None,
+             f"best_val_{metric}": scores[best] if best is not None else None,
+             f"test_{metric}": m.summary.get(f"test_{metric}"),
+             "test_loss": m.summary.get("test_loss"),
+             "run_dir": str(m.run.dir)}
+        )  # fmt: skip
+    metric = members[0].run.metric if members else "accuracy"
+    sign = -1 if metric == "accuracy" else 1
+
+    def order(row: dict[str, Any]) -> float:
+        value = row[f"best_val_{metric}"]
+        return math.inf if value is None or not math.isfinite(value) else sign * value
+
+    return sorted(rows, key=order)
+
+
+def _plot(directory: SweepDir, members: Sequence[Member]) -> None:
+    from fmlp import viz
+
+    curves = {
+        " ".join(f"{k.split('.')[-1]}={v}" for k, v in m.overrides.items())
+        or f"member {m.index}": [
+            (row["epoch"], row.get(f"val_{m.run.metric}")) for row in m.run.history
+        ]
+        for m in members
+    }
+    viz.sweep_curves(curves, directory.path / directory.PLOT, metric=members[0].run.metric)
+
+
+def ensemble_test(members: Sequence[Member]) -> dict[str, Any]:
+    """The test metric of the mean of ``members``' probabilities (or outputs)."""
+    first = members[0].run
+    y = first.dataset.y_test
+    outputs = 0.0
+    for m in members:
+        if not np.array_equal(m.run.dataset.y_test, y):
+            return {}  # members tested on other data: no common ensemble
+        outputs = outputs + np.asarray(m.run.net.apply(m.run.state.params, m.run.dataset.x_test))
+    outputs = outputs / len(members)
+    if first.metric == "accuracy":
+        return {"ensemble_test_accuracy": float(np.mean(np.argmax(outputs, axis=1) == y))}
+    return {"ensemble_test_mse": float(np.mean(np.square(outputs - y)))}

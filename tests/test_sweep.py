@@ -1,0 +1,166 @@
+"""Tests for ``fmlp sweep``: members trained in one program equal separate ``fmlp train`` runs."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import fmlp
+from fmlp import sweep
+from fmlp.errors import ConfigError, RunDirectoryError
+from fmlp.sweep import SweepDir
+
+ROOT = Path(__file__).resolve().parents[1]
+FMLP = Path(sys.executable).with_name("fmlp")
+BASE = {
+    "data": {"name": "lecture_classification", "synthetic_examples": 400},
+    "model": {"hidden": [8]},
+    "train": {"epochs": 3, "batch_size": 32},
+    "run": {"progress": "never"},
+}
+GRID = ["optimizer.learning_rate=0.3,0.05"]
+
+
+def params_of(run_dir) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree.leaves(fmlp.run.restore_params(run_dir))]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    return sweep.sweep(BASE, GRID, seeds=2, out=out)
+
+
+def test_members_equal_separate_train_runs(swept, tmp_path):
+    rows = swept["members"]
+    assert len(rows) == 4 and swept["summary"]["groups"] == 1  # one vectorized program
+    for row in rows:
+        overrides = [f"optimizer.learning_rate={row['optimizer.learning_rate']}",
+                     f"train.seed={row['train.seed']}"]  # fmt: skip
+        out = tmp_path / f"m{row['member']}"
+        _, history = fmlp.fit(BASE, overrides=overrides, out=out)
+        for ours, theirs in zip(params_of(row["run_dir"]), params_of(out)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+        lines = (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        logged = [json.loads(line) for line in lines]
+        want = [e["val_accuracy"] for e in history["epochs"]]
+        np.testing.assert_allclose([e["val_accuracy"] for e in logged], want, atol=1e-6)
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["test_accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+def test_the_table_is_ranked_and_the_directory_complete(swept):
+    rows = swept["members"]
+    scores = [r["best_val_accuracy"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    directory = SweepDir(swept["dir"])
+    table = pd.read_csv(directory.path / SweepDir.TABLE)
+    assert list(table["member"]) == [r["member"] for r in rows]
+    assert {"optimizer.learning_rate", "train.seed", "best_epoch", "test_accuracy"} <= set(table)
+    assert (directory.path / SweepDir.PLOT).stat().st_size > 0
+    assert 0.0 <= swept["summary"]["ensemble_test_accuracy"] <= 1.0
+    report = fmlp.run.evaluate_run(rows[0]["run_dir"], split="val", best=True)  # members are runs
+    assert report["accuracy"] == pytest.approx(rows[0]["best_val_accuracy"])
+
+
+def test_one_member_at_a_time_gives_the_same_members(swept, tmp_path):
+    alone = sweep.sweep(BASE, GRID, seeds=2, out=tmp_path / "alone", vectorize="never")
+    assert alone["summary"]["groups"] == 4
+    by_member = {r["member"]: r for r in swept["members"]}
+    for row in alone["members"]:
+        for a, b in zip(params_of(row["run_dir"]), params_of(by_member[row["member"]]["run_dir"])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_finish(tmp_path):
+    base = BASE | {"data": {"name": "lecture_regression", "synthetic_examples": 400}}
+    base = base | {"model": {"hidden": [8], "output": "identity"}}
+    result = sweep.sweep(base, ["optimizer.learning_rate=1e6,0.01"], out=tmp_path / "s")
+    status = {r["optimizer.learning_rate"]: r["status"] for r in result["members"]}
+    assert status == {"1e6": "diverged", "0.01": "done"}
+    assert result["members"][0]["optimizer.learning_rate"] == "0.01"  # ranked first
+    diverged = next(r for r in result["members"] if r["status"] == "diverged")
+    assert not (Path(diverged["run_dir"]) / "summary.json").exists()
+
+
+def test_resume_after_an_interruption_is_bitwise(swept, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(swept["dir"], copy)
+    for member in (copy / "members").iterdir():  # as if stopped after epoch 2
+        shutil.rmtree(member / "checkpoints" / "latest" / "3")
+        lines = (member / "metrics.jsonl").read_text().splitlines()[:2]
+        (member / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (member / "summary.json").unlink()
+    (copy / SweepDir.TABLE).unlink()
+    resumed = sweep.sweep(None, [], resume=copy)
+    for row in resumed["members"]:
+        original = Path(swept["dir"]) / "members" / str(row["member"])
+        for a, b in zip(params_of(row["run_dir"]), params_of(original)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_cli_sweep_and_ensemble_predict(swept, tmp_path):
+    rows = swept["members"]
+    x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    pd.DataFrame(x, columns=["x0", "x1"]).to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "p.csv"
+    result = subprocess.run(
+        [str(FMLP), "predict", swept["dir"], str(tmp_path / "in.csv"), "--top", "2", "--proba",
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    want = np.mean([np.asarray(fmlp.load(r["run_dir"])[1](x)) for r in rows[:2]], axis=0)
+    got = pd.read_csv(out).filter(like="proba_").to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_prints_the_ranked_table(tmp_path):
+    result = subprocess.run(
+        [str(FMLP), "sweep", "configs/lecture_classification.yaml",
+         "optimizer.learning_rate=0.3,0.05", "train.epochs=2", "run.progress=never",
+         "--out", str(tmp_path / "s")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0]
+    assert header.split()[:2] == ["optimizer.learning_rate", "status"]
+    assert "train.epochs" not in header  # a single value is a plain override
+    assert "ensemble_test_accuracy (top 2)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (
+            ["optimizer.learnin_rate=0.1,0.2"],
+            r"sweep member optimizer\.learnin_rate=0\.1: .*learnin_rate",
+        ),
+        (["optimizer.learning_rate=0.1,,0.2"], r"optimizer\.learning_rate has an empty value"),
+        (["optimizer.learning_rate"], r"'optimizer\.learning_rate' is not key=v1,v2"),
+        (["optimizer.learning_rate=-1,0.1"], r"sweep member optimizer\.learning_rate=-1: "),
+    ],
+)
+def test_bad_grids_exit_2_naming_the_key(tmp_path, args, match):
+    with pytest.raises(ConfigError, match=match):
+        sweep.sweep(BASE, args, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    result = subprocess.run(
+        [str(FMLP), "sweep", "configs/lecture_classification.yaml", *args, "--out",
+         str(tmp_path / "s")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_full_directory_and_a_non_sweep_are_refused(swept, tmp_path):
+    with pytest.raises(RunDirectoryError, match="is not empty"):
+        sweep.sweep(BASE, GRID, out=swept["dir"])
+    with pytest.raises(RunDirectoryError, match=r"sweep\.yaml cannot be read"):
+        sweep.sweep(None, [], resume=tmp_path)
