@@ -598,11 +598,14 @@ def set_up(
     resume: PathLike | None,
     signals: Signals,
     arrays: tuple[Any, Any] = (None, None),
+    shared: dict[str, Any] | None = None,
 ) -> Run:
     """Config, processes, run directory, data, model, optimizer, layout and (resumed) state.
 
     Nothing of an existing run is written before its resume is validated and its checkpoint
     restored; a new run's directory appears complete, once the data and model are built.
+    ``shared``: a cache that runs set up one after another (a sweep's members) share their
+    datasets and device arrays through, keyed by the data they read.
     """
     if out is not None and resume is not None:
         raise RunDirectoryError(
@@ -623,7 +626,12 @@ def set_up(
         staging = _storage(run_dir.stage, run_dir.path)
     try:
         given = {} if arrays[0] is None else {"train": arrays[0], "test": arrays[1]}
-        dataset = load_dataset(cfg, **given)
+        d = config.to_dict(cfg)
+        data_key = json.dumps([d["data"], d["parallel"], cfg.train.seed, cfg.model.output])
+        if shared is not None and data_key in shared:
+            dataset = shared[data_key][0]
+        else:
+            dataset = load_dataset(cfg, **given)
         signals.check()
         tc, n = cfg.train, len(dataset.x_train)
         if tc.batch_size > n:
@@ -655,8 +663,13 @@ def set_up(
         run_dir.unlock()
         raise
     has_val = len(dataset.x_val) > 0
-    val = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_train, dataset.y_train)
-    arrays = layout.put_replicated((dataset.x_train, dataset.y_train, *val))
+    if shared is not None and data_key in shared:
+        arrays = shared[data_key][1]
+    else:
+        val = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_train, dataset.y_train)
+        arrays = layout.put_replicated((dataset.x_train, dataset.y_train, *val))
+        if shared is not None:
+            shared[data_key] = (dataset, arrays)
     return Run(
         cfg, run_dir, dataset, net, tx, schedule, layout, layout.put_state(state), arrays,
         ckpt, history, main, has_val,

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -131,38 +131,50 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _member(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda leaf: leaf[i], tree)
+class Grid(NamedTuple):
+    """A group's members laid out ``(D, M)``: ``D`` distinct training sets (the members'
+    seeds give each its own validation split), ``M`` members on each; ``order[d][m]`` is
+    the index in the group of the member at ``(d, m)``."""
+
+    order: list[list[int]]
+
+    @staticmethod
+    def of(runs: Sequence[run.Run]) -> Grid:
+        by_data: dict[int, list[int]] = {}
+        for i, r in enumerate(runs):
+            by_data.setdefault(id(r.arrays[0]), []).append(i)
+        rows = list(by_data.values())
+        if len({len(row) for row in rows}) != 1:  # not rectangular: a training set each
+            rows = [[i] for i in range(len(runs))]
+        return Grid(rows)
+
+    def stack(self, trees: Sequence[Any]) -> Any:
+        """``trees`` (one per member) stacked to leaves of shape ``(D, M, ...)``."""
+        return _stack([_stack([trees[i] for i in row]) for row in self.order])
+
+    def member(self, tree: Any, i: int) -> Any:
+        d, m = next((d, row.index(i)) for d, row in enumerate(self.order) if i in row)
+        return jax.tree.map(lambda leaf: leaf[d, m], tree)
 
 
-def _shared(arrays: Sequence[Any]) -> tuple[Any, int | None]:
-    """One array for every member when they share it (``in_axes`` None), else stacked (0)."""
-    if all(a is arrays[0] for a in arrays):
-        return arrays[0], None
-    return jnp.stack(arrays), 0
-
-
-def compile_group(runs: Sequence[run.Run]) -> tuple[Callable, Callable, tuple, float]:
+def compile_group(runs: Sequence[run.Run], grid: Grid) -> tuple[Callable, Callable, tuple, float]:
     """The group's vectorized epoch and validation pass, compiled, and their data.
 
     Returns ``(epoch, evaluate, arrays, compile_seconds)``: ``epoch(states, active, x, y)``
-    trains every ``active`` (``(K,)`` bool) member one epoch (``(states, losses (K,))``);
-    ``evaluate(params, x_val, y_val)`` gives each member's validation metrics ``(K,)``;
-    ``arrays`` are ``(x, y, x_val, y_val)``, one copy when the members share their data
-    (the same ``train.seed`` and data keys), else stacked per member.
+    trains every ``active`` member one epoch (``(states, losses)``, states and ``active``
+    laid out ``(D, M)`` as ``grid`` says); ``evaluate(params, x_val, y_val)`` gives each
+    member's validation metrics ``(D, M)``; ``arrays`` are ``(x, y, x_val, y_val)`` stacked
+    over the ``D`` training sets. Batches are gathered from the set at each step (no
+    per-member permuted copy of the data).
     """
     first, tc = runs[0], runs[0].cfg.train
-    columns = list(zip(*(r.arrays for r in runs)))
-    arrays, axes = zip(*(_shared(column) for column in columns))
-    x, y, xv, yv = arrays
-    n = len(first.arrays[0])
+    arrays = tuple(
+        jnp.stack(column) for column in zip(*(runs[row[0]].arrays for row in grid.order))
+    )
     start = time.perf_counter()
     epoch = train.make_epoch(
-        first.net.loss, first.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
-        unroll=tc.unroll, donate=False,
-        permute=train.use_permuted_copy(
-            tc.batches, first.net, *first.arrays[:2], batch_size=tc.batch_size
-        ),
+        first.net.loss, first.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
+        gradients=tc.gradients, unroll=tc.unroll, donate=False, permute=False,
     )  # fmt: skip
 
     def member_epoch(state: train.TrainState, active: Any, x: Any, y: Any) -> tuple:
@@ -170,19 +182,19 @@ def compile_group(runs: Sequence[run.Run]) -> tuple[Callable, Callable, tuple, f
         new, loss = epoch(state, x, y)
         return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), loss
 
-    states = _stack([r.state for r in runs])
-    active = jnp.ones(len(runs), bool)
+    def on_grid(f: Callable, state_args: int) -> Callable:
+        """``f`` over ``(D, M)``: members share their set's data (the trailing arguments)."""
+        inner = jax.vmap(f, in_axes=(0,) * state_args + (None, None))
+        return jax.vmap(inner, in_axes=0)
+
+    states = grid.stack([r.state for r in runs])
+    active = jnp.ones(np.shape(grid.order), bool)
+    x, y, xv, yv = arrays
     vectorized_epoch = (
-        jax.jit(jax.vmap(member_epoch, in_axes=(0, 0, axes[0], axes[1])), donate_argnums=0)
-        .lower(states, active, x, y)
-        .compile()
+        jax.jit(on_grid(member_epoch, 2), donate_argnums=0).lower(states, active, x, y).compile()
     )
     evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
-    vectorized_evaluate = (
-        jax.jit(jax.vmap(evaluate, in_axes=(0, axes[2], axes[3])))
-        .lower(states.params, xv, yv)
-        .compile()
-    )
+    vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
     return vectorized_epoch, vectorized_evaluate, arrays, time.perf_counter() - start
 
 
@@ -191,26 +203,27 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
 
     After each epoch each training member's slice of the results goes through ``hooks``
     (those of :func:`fmlp.run.fit`); one that raises :class:`TrainingDiverged` is marked
-    ``diverged`` and frozen, as is one whose run reports ``stopped``.
+    ``diverged`` and frozen. A member already past an epoch (a resumed sweep) sits it out.
     """
     runs = [m.run for m in members]
-    epoch, evaluate, (x, y, xv, yv), compile_seconds = compile_group(runs)
-    states = _stack([r.state for r in runs])
+    grid = Grid.of(runs)
+    epoch, evaluate, (x, y, xv, yv), compile_seconds = compile_group(runs, grid)
+    states = grid.stack([r.state for r in runs])
     first = min(int(r.state.epoch) for r in runs) + 1
     for number in range(first, runs[0].cfg.train.epochs + 1):
-        active = np.asarray([m.status == "training" for m in members])
-        if not active.any():
+        active = [m.status == "training" and int(m.run.state.epoch) < number for m in members]
+        if not any(active):
             break
         start = time.perf_counter()
-        states, losses = epoch(states, jnp.asarray(active), x, y)
+        states, losses = epoch(states, jnp.asarray(grid.stack(active)), x, y)
         metrics = evaluate(states.params, xv, yv)
         host = jax.device_get({"train_loss": losses, **metrics})
         elapsed = time.perf_counter() - start
         for i, m in enumerate(members):
             if not active[i]:
                 continue
-            m.run.state = _member(states, i)
-            row_host = {k: v[i] for k, v in host.items()}
+            m.run.state = grid.member(states, i)
+            row_host = grid.member(host, i)
             with train.optax_dtypes():
                 row_host["lr"] = float(m.run.schedule(int(m.run.state.step) - 1))
             result = run.EpochResult(
@@ -352,7 +365,7 @@ def sweep(
         spec = {"base": config.to_dict(base), "members": points, "vectorize": vectorize}
         directory.write_spec(spec)
     with run.Signals() as signals:
-        members = []
+        members, shared = [], {}
         try:
             for i, point in enumerate(points):
                 cfg = _member_config(base, point)
@@ -360,7 +373,7 @@ def sweep(
                 again = resume is not None and run.RunDir(path).holds_run()
                 member_run = run.set_up(
                     cfg, (), out=None if again else path, resume=path if again else None,
-                    signals=signals,
+                    signals=signals, shared=shared,
                 )  # fmt: skip
                 members.append(Member(i, point, member_run))
             groups: dict[str, list[Member]] = {}

@@ -1,6 +1,8 @@
 """Tests for ``fmlp sweep``: members trained in one program equal separate ``fmlp train`` runs."""
 
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -164,3 +166,22 @@ def test_a_full_directory_and_a_non_sweep_are_refused(swept, tmp_path):
         sweep.sweep(BASE, GRID, out=swept["dir"])
     with pytest.raises(RunDirectoryError, match=r"sweep\.yaml cannot be read"):
         sweep.sweep(None, [], resume=tmp_path)
+
+
+def test_readme_sweep_commands_run_verbatim(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Sweeps", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    env = {"PATH": f"{FMLP.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    outputs = []
+    for line in block.strip().splitlines():
+        command = line.replace("runs/lr-sweep", str(tmp_path / "sweep"))
+        result = subprocess.run(
+            command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        outputs.append(result.stdout)
+    table = pd.read_csv(tmp_path / "sweep" / SweepDir.TABLE)
+    assert len(table) == 9 and set(table["status"]) == {"done"}
+    predictions = pd.read_csv(io.StringIO(outputs[1]))
+    assert list(predictions.columns) == ["prediction"] and len(predictions) == 5
