@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from fmlp import config, run, train
+from fmlp import config, data, run, train
 from fmlp.errors import ConfigError, RunDirectoryError, TrainingDiverged
 
 PathLike = run.PathLike
@@ -155,6 +156,32 @@ class Grid(NamedTuple):
     def member(self, tree: Any, i: int) -> Any:
         d, m = next((d, row.index(i)) for d, row in enumerate(self.order) if i in row)
         return jax.tree.map(lambda leaf: leaf[d, m], tree)
+
+
+def check_fits(runs: Sequence[run.Run], grid: Grid) -> None:
+    """Refuse a group whose members need more memory than the device has free, before
+    anything is compiled, saying how many members would fit.
+
+    The estimate: each member's params, gradients, optimizer state and a batch's
+    activations forward and backward, and one stacked copy of each of the ``D`` training
+    sets.
+
+    Raises:
+      ConfigError: saying how many members fit.
+    """
+    first, tc = runs[0], runs[0].cfg.train
+    state_size = sum(a.size for a in jax.tree.leaves((first.state.params, first.state.opt_state)))
+    per_member = 4 * (2 * state_size + 2 * tc.batch_size * sum(first.net.sizes))
+    data_bytes = sum(a.size * a.dtype.itemsize for a in first.arrays) * len(grid.order)
+    free = data.available_memory()
+    need = per_member * len(runs) + data_bytes
+    if need > free:
+        fit = max(0, (free - data_bytes) // per_member)
+        raise ConfigError(
+            f"sweep: these {len(runs)} members would train in one program needing about "
+            f"{need / 2**30:.2g} GiB, more than the {free / 2**30:.2g} GiB free; about {fit} "
+            "fit. List fewer values (or --seeds), or use --vectorize never."
+        )
 
 
 def compile_group(runs: Sequence[run.Run], grid: Grid) -> tuple[Callable, Callable, tuple, float]:
@@ -365,7 +392,7 @@ def sweep(
         spec = {"base": config.to_dict(base), "members": points, "vectorize": vectorize}
         directory.write_spec(spec)
     with run.Signals() as signals:
-        members, shared = [], {}
+        members, shared, started = [], {}, False
         try:
             for i, point in enumerate(points):
                 cfg = _member_config(base, point)
@@ -380,6 +407,10 @@ def sweep(
             for m in members:
                 key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
                 groups.setdefault(key, []).append(m)
+            for group in groups.values():
+                runs = [m.run for m in group]
+                check_fits(runs, Grid.of(runs))
+            started = True
             hooks = [run.stop_if_diverged, run.log_metrics, run.check_parity, run.save_checkpoint]
             for group in groups.values():
                 compile_seconds = train_group(group, hooks, signals)
@@ -391,6 +422,8 @@ def sweep(
             for m in members:
                 m.run.ckpt.close()
                 m.run.dir.unlock()
+            if not started and resume is None:  # a new sweep that cannot start leaves nothing
+                shutil.rmtree(directory.path, ignore_errors=True)
         rows = _table(members)
         directory.write_table(rows)
         _plot(directory, members)

@@ -185,3 +185,11 @@ def test_readme_sweep_commands_run_verbatim(tmp_path):
     assert len(table) == 9 and set(table["status"]) == {"done"}
     predictions = pd.read_csv(io.StringIO(outputs[1]))
     assert list(predictions.columns) == ["prediction"] and len(predictions) == 5
+
+
+def test_a_grid_larger_than_memory_is_refused_before_compiling(monkeypatch, tmp_path):
+    need = 4 * 2 * (400 * 0.8 * 0.9 * (2 + 1) + 320)  # two training sets, roughly
+    monkeypatch.setattr(fmlp.data, "available_memory", lambda: int(need))
+    with pytest.raises(ConfigError, match=r"these 4 members .* about \d+ fit"):
+        sweep.sweep(BASE, GRID, seeds=2, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
