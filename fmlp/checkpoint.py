@@ -57,6 +57,8 @@ class Checkpointer:
         self.best = _manager(
             root / "best", max_to_keep=1, best_fn=lambda m: m["metric"], best_mode=best_mode
         )
+        self.better = (lambda a, b: a > b) if best_mode == "max" else (lambda a, b: a < b)
+        self.best_metric: float | None = None  # known once this process saved a best one
 
     def save(self, epoch: int, state: PyTree, meta: dict[str, Any], metric: float) -> None:
         """Save ``state`` (a pytree of arrays) and JSON ``meta`` as epoch ``epoch``.
@@ -69,8 +71,12 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         try:
             self.latest.save(epoch, args=args, force=True)
-            if epoch not in self.best.all_steps():  # already there: the same epoch of this run
+            # Orbax would write every epoch and then delete the worse one; skip a known worse.
+            known_worse = self.best_metric is not None and not self.better(metric, self.best_metric)
+            if not known_worse and epoch not in self.best.all_steps():
                 self.best.save(epoch, args=args, metrics={"metric": float(metric)}, force=True)
+                if self.best_metric is None or self.better(metric, self.best_metric):
+                    self.best_metric = float(metric)
         except Exception as err:  # orbax and tensorstore wrap the OSError in their own types
             if not (isinstance(err, OSError) or _STORAGE_FAULTS.search(str(err))):
                 raise

@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: one program per group of members; never: one member at a time",
     )
     p.add_argument("--top", type=_positive, default=3, help="members in the ensemble (default 3)")
+    p.add_argument(
+        "--search",
+        choices=sweep.SEARCHES,
+        default="grid",
+        help="grid: every point; random or optuna (TPE): --trials points drawn from "
+        "the values or low..high[:log] ranges",
+    )
+    p.add_argument("--trials", type=_positive, default=16, help="points a search draws")
+    p.add_argument(
+        "--batch",
+        type=_positive,
+        default=8,
+        help="trials a search asks for and trains together at a time (default 8)",
+    )
     p.add_argument("--resume", help="an interrupted sweep directory to continue")
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on a split")
     p.add_argument("run_dir")
@@ -225,7 +239,8 @@ def _sweep(args: argparse.Namespace) -> None:
         raise config.ConfigError("give a config and key=v1,v2 values, or --resume DIR alone")
     result = sweep.sweep(
         args.config, args.grid, seeds=args.seeds, out=args.out, vectorize=args.vectorize,
-        top=args.top, resume=args.resume,
+        top=args.top, resume=args.resume, search=args.search, trials=args.trials,
+        batch=args.batch,
     )  # fmt: skip
     rows = result["members"]
     keys = [k for k in rows[0] if k not in ("member", "run_dir")] if rows else []

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from fmlp import config, data, run, train
+from fmlp import config, data, nn, run, train
 from fmlp.errors import ConfigError, RunDirectoryError, TrainingDiverged
 
 PathLike = run.PathLike
@@ -331,6 +331,11 @@ class SweepDir:
             ) from None
 
 
+SEARCHES = ("grid", "random", "optuna")
+"""``--search``: every point of the grid, or ``--trials`` points drawn by Optuna's random or
+TPE sampler, ``--batch`` trials at a time trained in one program (ask and tell)."""
+
+
 def sweep(
     source: run.Source,
     grid: Mapping[str, Sequence[str]] | Sequence[str],
@@ -341,18 +346,25 @@ def sweep(
     vectorize: str = "auto",
     top: int = 3,
     resume: PathLike | None = None,
+    search: str = "grid",
+    trials: int = 16,
+    batch: int = 8,
 ) -> dict[str, Any]:
-    """Train every member of a grid; write the sweep directory; return its table.
+    """Train every member of a grid (or of a search); write the sweep directory.
 
     Args:
       source: the base config (a Config, dict or YAML path); ``overrides`` apply to it.
-      grid: ``{key: [values]}`` or ``["key=v1,v2", ...]`` (:func:`parse_grid`).
-      seeds: each grid point is trained with this many seeds (``train.seed`` and up).
+      grid: ``{key: [values]}`` or ``["key=v1,v2", ...]`` (:func:`parse_grid`); for a
+        search a value may also be a range ``low..high`` (``low..high:log`` log-uniform).
+      seeds: each point is trained with this many seeds (``train.seed`` and up).
       out: the sweep directory (default ``run.out_dir/sweep-<timestamp>``).
       vectorize: ``auto`` (one program per group) or ``never`` (one member at a time).
       top: the ensemble of this many best members is evaluated on the test split.
-      resume: an interrupted sweep directory to continue; ``source``, ``grid`` and the
-        rest are read from its ``sweep.yaml``.
+      resume: an interrupted grid sweep's directory to continue; the base config and the
+        members are read from its ``sweep.yaml``.
+      search: ``grid``, ``random`` or ``optuna`` (TPE) (:data:`SEARCHES`).
+      trials, batch: a search's number of points, and how many are asked for (and trained
+        together) at a time.
 
     Returns:
       ``{"dir": path, "members": rows, "summary": ...}``: one row per member (its overrides,
@@ -361,27 +373,38 @@ def sweep(
 
     Raises:
       fmlp.errors.InputError: a bad key or value (naming the member's override), or a bad
-        sweep directory; nothing is written before every member's config is valid.
+        sweep directory; a new sweep that cannot start leaves no directory behind.
     """
     if vectorize not in VECTORIZE:
         raise ConfigError(
             f"sweep: --vectorize must be one of {', '.join(VECTORIZE)}, got {vectorize!r}."
         )
+    if search not in SEARCHES:
+        raise ConfigError(f"sweep: --search must be one of {', '.join(SEARCHES)}, got {search!r}.")
     if resume is not None:
         directory = SweepDir(resume)
         spec = directory.read_spec()
-        base = config.from_dict(spec["base"])
-        points = spec["members"]
-        vectorize = spec["vectorize"]
+        if spec.get("search", "grid") != "grid":
+            raise RunDirectoryError(
+                f"--resume {resume}: a {spec['search']} search cannot be resumed (its sampler's "
+                "state is not saved); its finished members are runs of their own."
+            )
+        base, points, vectorize = config.from_dict(spec["base"]), spec["members"], spec["vectorize"]
+        batches = iter([(points, None)])
     else:
         if not isinstance(grid, Mapping):
             grid = parse_grid(grid)
-        fixed = [f"{k}={v[0]}" for k, v in grid.items() if len(v) == 1]  # plain overrides
-        grid = {k: list(v) for k, v in grid.items() if len(v) > 1}
+        ranges = {k: _range(k, v) for k, v in grid.items() if search != "grid"}
+        fixed = [f"{k}={v[0]}" for k, v in grid.items() if len(v) == 1 and not ranges.get(k)]
+        grid = {k: list(v) for k, v in grid.items() if len(v) > 1 or ranges.get(k)}
         base = config.resolve(source, [*overrides, *fixed])
-        points = members_of(grid, seeds, base.train.seed)
-        for point in points:  # every member valid before anything is written
-            _member_config(base, point)
+        if search == "grid":
+            points = members_of(grid, seeds, base.train.seed)
+            for point in points:  # every member valid before anything is written
+                _member_config(base, point)
+            batches = iter([(points, None)])
+        else:
+            batches = _asked(base, grid, ranges, search, trials, batch, seeds)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         directory = SweepDir(out if out is not None else Path(base.run.out_dir) / f"sweep-{stamp}")
         if directory.path.exists() and any(directory.path.iterdir()):
@@ -389,49 +412,161 @@ def sweep(
                 f"--out {directory.path} is not empty; choose a new directory for the sweep, "
                 f"or continue an interrupted one with --resume {directory.path}."
             )
-        spec = {"base": config.to_dict(base), "members": points, "vectorize": vectorize}
-        directory.write_spec(spec)
+    members: list[Member] = []
+    groups = 0
     with run.Signals() as signals:
-        members, shared, started = [], {}, False
-        try:
-            for i, point in enumerate(points):
-                cfg = _member_config(base, point)
-                path = directory.member(i)
-                again = resume is not None and run.RunDir(path).holds_run()
-                member_run = run.set_up(
-                    cfg, (), out=None if again else path, resume=path if again else None,
-                    signals=signals, shared=shared,
-                )  # fmt: skip
-                members.append(Member(i, point, member_run))
-            groups: dict[str, list[Member]] = {}
-            for m in members:
-                key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
-                groups.setdefault(key, []).append(m)
-            for group in groups.values():
-                runs = [m.run for m in group]
-                check_fits(runs, Grid.of(runs))
-            started = True
-            hooks = [run.stop_if_diverged, run.log_metrics, run.check_parity, run.save_checkpoint]
-            for group in groups.values():
-                compile_seconds = train_group(group, hooks, signals)
-                for m in group:
-                    if m.status != "diverged":
-                        programs = run.Programs(None, None, None, None, compile_seconds)
-                        m.summary = run.finish(m.run, programs, m.seconds)[1]["summary"]
-        finally:
-            for m in members:
-                m.run.ckpt.close()
-                m.run.dir.unlock()
-            if not started and resume is None:  # a new sweep that cannot start leaves nothing
-                shutil.rmtree(directory.path, ignore_errors=True)
-        rows = _table(members)
-        directory.write_table(rows)
-        _plot(directory, members)
-        best = [members[row["member"]] for row in rows if row["status"] != "diverged"]
-        summary = {"members": len(members), "groups": len(groups), "top": min(top, len(best))}
-        summary |= ensemble_test(best[:top]) if best else {}
-        directory.write_summary(summary)
+        shared: dict[str, Any] = {}
+        for points, tell in batches:
+            spec = {
+                "base": config.to_dict(base), "search": search, "vectorize": vectorize,
+                "members": [m.overrides for m in members] + list(points),
+            }  # fmt: skip
+            if resume is None:
+                directory.write_spec(spec)
+            new, count = _train_points(
+                points, len(members), base, directory, vectorize, resume, signals, shared
+            )
+            members += new
+            groups += count
+            if tell is not None:
+                tell(new)
+    rows = _table(members)
+    directory.write_table(rows)
+    _plot(directory, members)
+    best = [members[row["member"]] for row in rows if row["status"] != "diverged"]
+    summary = {"members": len(members), "groups": groups, "top": min(top, len(best))}
+    summary |= ensemble_test(best[:top]) if best else {}
+    directory.write_summary(summary)
     return {"dir": str(directory.path), "members": rows, "summary": summary}
+
+
+def _train_points(
+    points: Sequence[dict[str, str]],
+    first: int,
+    base: config.Config,
+    directory: SweepDir,
+    vectorize: str,
+    resume: PathLike | None,
+    signals: run.Signals,
+    shared: dict[str, Any],
+) -> tuple[list[Member], int]:
+    """Set up, check and train the members ``first, first + 1, ...`` of ``points``; returns
+    them and the number of programs (groups) they trained in."""
+    members: list[Member] = []
+    started = False
+    try:
+        for i, point in enumerate(points, start=first):
+            cfg = _member_config(base, point)
+            path = directory.member(i)
+            again = resume is not None and run.RunDir(path).holds_run()
+            member_run = run.set_up(
+                cfg, (), out=None if again else path, resume=path if again else None,
+                signals=signals, shared=shared,
+            )  # fmt: skip
+            members.append(Member(i, dict(point), member_run))
+        groups: dict[str, list[Member]] = {}
+        for m in members:
+            key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
+            groups.setdefault(key, []).append(m)
+        for group in groups.values():
+            runs = [m.run for m in group]
+            check_fits(runs, Grid.of(runs))
+        started = True
+        hooks = [run.stop_if_diverged, run.log_metrics, run.check_parity, run.save_checkpoint]
+        for group in groups.values():
+            compile_seconds = train_group(group, hooks, signals)
+            for m in group:
+                if m.status != "diverged":
+                    programs = run.Programs(None, None, None, None, compile_seconds)
+                    m.summary = run.finish(m.run, programs, m.seconds)[1]["summary"]
+    finally:
+        for m in members:
+            m.run.ckpt.close()
+            m.run.dir.unlock()
+        if not started and resume is None and first == 0:  # a sweep that cannot start
+            shutil.rmtree(directory.path, ignore_errors=True)
+    return members, len(groups)
+
+
+def _range(key: str, values: Sequence[str]) -> tuple[float, float, bool] | None:
+    """``low..high`` (``:log``) as ``(low, high, log)``; None for a list of values."""
+    if len(values) != 1 or ".." not in values[0]:
+        return None
+    text, _, scale = values[0].partition(":")
+    low, _, high = text.partition("..")
+    try:
+        lo, hi = float(low), float(high)
+    except ValueError:
+        lo = hi = math.nan
+    if not lo < hi or scale not in ("", "log") or (scale == "log" and lo <= 0):
+        raise ConfigError(
+            f"sweep: {key}={values[0]} is not a range low..high with low < high (low..high:log "
+            "with 0 < low for a log-uniform one), e.g. optimizer.learning_rate=1e-3..1e-1:log"
+        )
+    return lo, hi, scale == "log"
+
+
+def _asked(
+    base: config.Config,
+    grid: Mapping[str, Sequence[str]],
+    ranges: Mapping[str, tuple[float, float, bool] | None],
+    search: str,
+    trials: int,
+    batch: int,
+    seeds: int,
+) -> Any:
+    """Batches of ``(points, tell)`` from an Optuna study (ask and tell): ``batch`` trials
+    at a time (each with ``seeds`` seeds); ``tell(members)`` reports their best validation
+    metric (the mean over seeds; a diverged trial fails)."""
+    if trials < 1 or batch < 1:
+        raise ConfigError(f"sweep: --trials and --batch must be positive, got {trials}, {batch}.")
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            f"sweep: --search {search} needs optuna: pip install 'fmlp[search]' (README's "
+            "setup, scripts/setup.sh, installs it)."
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = base.train.seed
+    sampler = optuna.samplers.RandomSampler(seed) if search == "random" else None
+    sampler = sampler or optuna.samplers.TPESampler(seed=seed)
+    maximize = nn.HEADS[base.model.output].task == "classification"
+    study = optuna.create_study(direction="maximize" if maximize else "minimize", sampler=sampler)
+    metric = "accuracy" if maximize else "mse"
+    done = 0
+    while done < trials:
+        asked = [study.ask() for _ in range(min(batch, trials - done))]
+        points = []
+        for trial in asked:
+            point = {}
+            for key, values in grid.items():
+                r = ranges.get(key)
+                if r is None:
+                    point[key] = trial.suggest_categorical(key, list(values))
+                else:
+                    point[key] = repr(trial.suggest_float(key, r[0], r[1], log=r[2]))
+            _member_config(base, point)
+            points += members_of({k: [v] for k, v in point.items()}, seeds, seed)
+
+        def tell(members: Sequence[Member], asked: list = asked) -> None:
+            for t, trial in enumerate(asked):
+                mine = members[t * seeds : (t + 1) * seeds]
+                scores = [_best(m, metric) for m in mine]
+                if any(m.status == "diverged" for m in mine) or None in scores:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, float(np.mean(scores)))
+
+        yield points, tell
+        done += len(asked)
+
+
+def _best(m: Member, metric: str) -> float | None:
+    scores = [row[f"val_{metric}"] for row in m.run.history if row.get(f"val_{metric}") is not None]
+    if not scores:
+        return None
+    return max(scores) if metric == "accuracy" else min(scores)
 
 
 def _member_config(base: config.Config, point: Mapping[str, str]) -> config.Config:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import fmlp
 from fmlp import sweep
@@ -171,18 +172,19 @@ def test_a_full_directory_and_a_non_sweep_are_refused(swept, tmp_path):
 def test_readme_sweep_commands_run_verbatim(tmp_path):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Sweeps", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
     env = {"PATH": f"{FMLP.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
     outputs = []
-    for line in block.strip().splitlines():
-        command = line.replace("runs/lr-sweep", str(tmp_path / "sweep"))
+    for line in "".join(blocks).strip().splitlines():
+        command = line.replace("runs/", f"{tmp_path}/")
         result = subprocess.run(
             command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         outputs.append(result.stdout)
-    table = pd.read_csv(tmp_path / "sweep" / SweepDir.TABLE)
+    table = pd.read_csv(tmp_path / "lr-sweep" / SweepDir.TABLE)
     assert len(table) == 9 and set(table["status"]) == {"done"}
+    assert len(pd.read_csv(tmp_path / "lr-search" / SweepDir.TABLE)) == 8
     predictions = pd.read_csv(io.StringIO(outputs[1]))
     assert list(predictions.columns) == ["prediction"] and len(predictions) == 5
 
@@ -192,4 +194,26 @@ def test_a_grid_larger_than_memory_is_refused_before_compiling(monkeypatch, tmp_
     monkeypatch.setattr(fmlp.data, "available_memory", lambda: int(need))
     with pytest.raises(ConfigError, match=r"these 4 members .* about \d+ fit"):
         sweep.sweep(BASE, GRID, seeds=2, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_a_search_asks_in_batches_and_trains_each_batch_in_one_program(tmp_path, search):
+    pytest.importorskip("optuna", reason="the search extra (scripts/setup.sh installs it)")
+    grid = ["optimizer.learning_rate=0.01..0.5:log", "optimizer.momentum=0.0,0.9"]
+    result = sweep.sweep(BASE, grid, out=tmp_path / "s", search=search, trials=4, batch=2)
+    rows = result["members"]
+    assert len(rows) == 4 and result["summary"]["groups"] == 2  # two asks, one program each
+    rates = [float(r["optimizer.learning_rate"]) for r in rows]
+    assert all(0.01 <= r <= 0.5 for r in rates) and len(set(rates)) == 4
+    assert {r["optimizer.momentum"] for r in rows} <= {"0.0", "0.9"}
+    spec = yaml.safe_load((tmp_path / "s" / SweepDir.SPEC).read_text())
+    assert spec["search"] == search and len(spec["members"]) == 4
+    with pytest.raises(RunDirectoryError, match="cannot be resumed"):
+        sweep.sweep(None, [], resume=tmp_path / "s")
+
+
+def test_a_bad_range_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"optimizer\.learning_rate=0\.5\.\.0\.1 is not a range"):
+        sweep.sweep(BASE, ["optimizer.learning_rate=0.5..0.1"], search="random", out=tmp_path / "s")
     assert not (tmp_path / "s").exists()
