@@ -27,7 +27,24 @@ SUITE = Path(sklearn.__file__).parent / "neural_network" / "tests" / "test_mlp.p
 THEIRS = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 OURS = "from fmlp.sklearn import MLPClassifier, MLPRegressor"
 
-EXPECTED_FAILURES: dict[str, str] = {}
+MULTI_LABEL = "multi-label: needs the sigmoid head (issue 14)"
+
+EXPECTED_FAILURES: dict[str, str] = {
+    "test_fit": (
+        "writes scikit-learn's private training state by hand before partial_fit (coefs_ and "
+        "intercepts_ as lists, _coef_velocity, _intercept_velocity, _coef_grads, "
+        "learning_rate_, ...) and expects its single logistic output unit for two classes; "
+        "fmlp's coefs_ are read-only copies of params_, its optimizer state is optax's and "
+        "the classifier has one softmax unit per class"
+    ),
+    "test_gradient": (
+        "calls scikit-learn's private _loss_grad_lbfgs (its own backpropagation into "
+        "preallocated buffers); fmlp's gradients come from its engine and are checked against "
+        "jax.grad and finite differences by test_gates, test_engine and test_sklearn"
+    ),
+    "test_multilabel_classification": MULTI_LABEL,
+    "test_predict_proba_multilabel": MULTI_LABEL,
+}
 """Test name -> why it cannot pass against fmlp's estimators."""
 
 
