@@ -19,7 +19,10 @@ between epochs: ``constant``, ``invscaling`` (``learning_rate_init / (t + 1) ** 
 the examples seen) and ``adaptive`` (divided by 5 when the stopping rule fires). ``lbfgs`` is
 scipy's L-BFGS-B, as scikit-learn uses it (``max_iter``, ``max_fun``, ``tol`` as ``gtol``), over
 one jitted function that unflattens the parameter vector, runs the engine's value and gradient
-on the whole training set and flattens the gradient back.
+on the whole training set and flattens the gradient back; like scikit-learn's, it records
+no ``loss_curve_``. ``partial_fit`` (sgd, adam)
+continues the optimizer of the first call: its moments, hyperparameters and learning rate,
+as scikit-learn does.
 
 The compiled programs are cached per static configuration (the net, solver, Nesterov, rows,
 batch size, shuffle, dtype, how batches are gathered) and array shapes, so a refit on data of
@@ -59,9 +62,9 @@ recorded) and raises a ``ValueError`` at the end if the parameters it keeps are 
 Differences from scikit-learn: the classifier always uses a softmax output with one unit per
 class (also for two classes, where scikit-learn uses one logistic unit) and does not support
 multi-label targets; adam is optax's (``epsilon`` added to the bias-corrected
-``sqrt(v)``); lbfgs records no ``loss_curve_`` (neither does scikit-learn's) and verbose
-prints its iterations itself; ``partial_fit`` checks the parameters on every call
-(scikit-learn only on the first). The initialisation is scikit-learn's (uniform weights and
+``sqrt(v)``); with ``verbose``, lbfgs prints its iterations itself (scikit-learn leaves that
+to scipy, whose L-BFGS-B no longer prints); ``partial_fit`` checks the parameters on every
+call (scikit-learn only on the first). The initialisation is scikit-learn's (uniform weights and
 biases drawn from ``random_state``).
 
 Example:
@@ -159,9 +162,7 @@ def _sgd(learning_rate: Any, momentum: Any, nesterov: bool) -> optax.GradientTra
     return optax.chain(optax.scale(-learning_rate), optax.trace(decay=momentum, nesterov=nesterov))
 
 
-def _optimizer(
-    solver: str, nesterov: bool, dtype: str, **hyper: float
-) -> optax.GradientTransformation:
+def _optax(solver: str, nesterov: bool, dtype: str, **hyper: float) -> optax.GradientTransformation:
     """adam or sgd with their hyperparameters held in the optimizer state, in ``dtype``.
 
     ``optax.inject_hyperparams`` keeps the numbers in ``opt_state`` rather than in the
@@ -237,13 +238,13 @@ def _compiled_epoch(cfg: _EpochConfig) -> _EpochFn:
     ``ceil(n / batch_size)`` mini-batches of :func:`_batch_loss`, in the order drawn from
     ``state.key``. A batch whose weights sum to 0 leaves the parameters and the optimizer
     state untouched; ``loss`` is the weight-averaged reported batch loss. The hyperparameter
-    values come from ``state.opt_state``. The input state is not donated: the estimator keeps
-    its fitted ``params_`` until a fit succeeds, and early stopping keeps the best epoch's
-    params. With ``cfg.streamed`` the same epoch runs as a host loop over batches densified
-    from a sparse ``x`` (:func:`fmlp.train.make_streamed_epoch`).
+    values come from ``state.opt_state``. The input state is not donated: early stopping
+    keeps the best epoch's state while training goes on. With ``cfg.streamed`` the same
+    epoch runs as a host loop over batches densified from a sparse ``x``
+    (:func:`fmlp.train.make_streamed_epoch`).
     """
     loss = functools.partial(_batch_loss, cfg.net)
-    tx = _optimizer(cfg.solver, cfg.nesterov, cfg.dtype)
+    tx = _optax(cfg.solver, cfg.nesterov, cfg.dtype)
     common = {"n": cfg.n, "batch_size": cfg.batch_size, "shuffle": cfg.shuffle}
     if cfg.streamed:
         return train.make_streamed_epoch(
@@ -433,7 +434,7 @@ class _Optimizer:
             hyper |= {"b1": est.beta_1, "b2": est.beta_2, "eps": est.epsilon}
         else:
             hyper["momentum"] = est.momentum
-        tx = _optimizer(self.solver, self.nesterov, self.dtype.name, **hyper)
+        tx = _optax(self.solver, self.nesterov, self.dtype.name, **hyper)
         self.state = _to_host(tx.init(params))
 
     def with_learning_rate(self, opt_state: optax.OptState) -> optax.OptState:

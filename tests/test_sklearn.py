@@ -439,7 +439,8 @@ def test_sgd_solver_learns():
 
 
 def test_gradients_come_from_the_engine(monkeypatch):
-    """An sgd step equals ``params - lr * fmlp.grad(loss)``, and jax's AD is never called."""
+    """An sgd step equals ``params - lr * fmlp.grad(loss)``, and jax's AD is never called
+    (neither by sgd nor by lbfgs)."""
     calls = []
     engine_value_and_grad = fmlp.engine.value_and_grad
 
@@ -478,6 +479,12 @@ def test_gradients_come_from_the_engine(monkeypatch):
     clf.partial_fit(X, y)  # one full-batch step
     after = jax.tree.map(np.asarray, clf.params_)
     assert calls, "the epoch was not differentiated by fmlp.engine.value_and_grad"
+    # lbfgs's objective differentiates with the same table.
+    fresh_objectives = functools.lru_cache(fmlp.sklearn._compiled_objective.__wrapped__)
+    monkeypatch.setattr(fmlp.sklearn, "_compiled_objective", fresh_objectives)
+    calls.clear()
+    clf.set_params(solver="lbfgs", max_iter=3).fit(X, y)
+    assert calls, "lbfgs's objective was not differentiated by fmlp.engine.value_and_grad"
     monkeypatch.undo()
 
     # The loss the estimator documents: mean cross-entropy + alpha / 2 * sum ||W||^2 / n.
