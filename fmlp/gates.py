@@ -439,6 +439,41 @@ mean_squared_error = register(
     symbol="MSE",
 )
 
+# ----------------------------------------------------------------------------- Poisson regression
+# The exp head's loss (fmlp.nn.HEADS["exp"]; scikit-learn's MLPRegressor(loss="poisson")): fused
+# with its activation like softmax_cross_entropy, so its gradient is the canonical exp(s) - t.
+
+
+def _exp_poisson_deviance(log_rates: Array, targets: Array) -> Array:
+    s, t = _broadcast(log_rates, targets)
+    d = jnp.exp(s) - t * s + jax.scipy.special.xlogy(t, t) - t
+    return jnp.sum(d, axis=-1) if d.ndim else d
+
+
+def _exp_poisson_deviance_vjp(g: Array, out: Array, log_rates: Array, targets: Array):
+    # D = sum_j exp(s_j) - t_j s_j + t_j log t_j - t_j:  dD/ds = exp(s) - t,  dD/dt = log t - s
+    s, t = _broadcast(log_rates, targets)
+    g = jnp.expand_dims(g, -1) if s.ndim else g
+    return g * (jnp.exp(s) - t), g * (jnp.log(t) - s)
+
+
+def _poisson_samples(key: Array, dtype: Any) -> list[Sample]:
+    """(log-rates, counts) pairs; counts kept above 0, where ``t log t`` is differentiable."""
+    rng = sample_rng(key)
+    cases = [((), ()), ((3,), (3,)), ((4, 3), (4, 3)), ((1, 2), (1, 2)), ((128, 3), (128, 3)),
+             ((4, 3), (3,))]  # fmt: skip
+    return [Sample((_normal(rng, ss, dtype), _normal(rng, st, dtype, low=0.5))) for ss, st in cases]
+
+
+exp_poisson_deviance = register(
+    # Half the Poisson deviance of the rates mu = exp(s) against counts t, summed over the last
+    # axis: sum_j t_j log(t_j / mu_j) - t_j + mu_j (0 log 0 = 0).
+    "exp_poisson_deviance",
+    _exp_poisson_deviance,
+    _exp_poisson_deviance_vjp,
+    _poisson_samples,
+)
+
 engine.define_operators(
     {
         "__add__": add,

@@ -49,6 +49,7 @@ class Head(NamedTuple):
 HEADS: dict[str, Head] = {
     "softmax": Head(gates.softmax, gates.softmax_cross_entropy, "classification"),
     "identity": Head(gates.identity, gates.squared_error, "regression"),
+    "exp": Head(gates.exp, gates.exp_poisson_deviance, "regression"),  # Poisson regression: rates
 }
 """The head table: ``model.output`` name -> :class:`Head`. A new head is one row here."""
 
@@ -119,7 +120,7 @@ def apply(
       params: from :func:`init`.
       x: inputs of shape ``(B, in)`` (or ``(in,)`` for one example).
       activation: hidden activation: tanh, relu, sigmoid, leaky_relu or identity.
-      output: output activation: ``identity`` (regression, or logits) or ``softmax``.
+      output: output activation: ``identity`` (regression, or logits), ``softmax`` or ``exp``.
       compute_dtype: e.g. ``"bfloat16"``: mixed precision. Inputs and params are cast to it
         (through the ``astype`` gate, so gradients reach the params in their own dtype) for
         every layer; the last layer's pre-activations are cast back to the params' dtype
@@ -160,7 +161,7 @@ def loss(
     compute_dtype: Any = None,
 ) -> Array:
     """Mean loss over a mini-batch, the head's (:data:`HEADS`): cross-entropy for ``softmax``,
-    squared error for ``identity``.
+    squared error for ``identity``, half the Poisson deviance of the rates for ``exp``.
 
     For ``softmax`` the fused gate :func:`fmlp.gates.softmax_cross_entropy` takes the logits,
     so its gradient is the stable ``p - t``; for ``identity`` each example contributes
@@ -170,7 +171,7 @@ def loss(
       params: from :func:`init`.
       x: inputs ``(B, in)``.
       y: integer labels ``(B,)`` or one-hot/probability rows ``(B, K)`` for ``softmax``;
-        targets ``(B, out)`` for ``identity``.
+        targets ``(B, out)`` for ``identity``; counts ``(B, out)`` for ``exp``.
       activation: hidden activation.
       output: a head of :data:`HEADS`.
       mask: optional ``(B,)`` weights, 1 for real examples and 0 for padding.

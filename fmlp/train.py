@@ -14,12 +14,14 @@ mini-batch is split over the ``data`` axis and XLA reduces the gradients.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fmlp import config, data, engine, nn, testing
@@ -196,8 +198,52 @@ def check_model_fits(net: nn.MLP, *, batch_size: int) -> None:
         )
 
 
+def make_step(
+    loss: Callable[..., Any],
+    tx: optax.GradientTransformation,
+    *,
+    gradients: str = "engine",
+    skip_empty: bool = False,
+    has_aux: bool = False,
+) -> Callable[..., tuple[nn.Params, optax.OptState, Array]]:
+    """One mini-batch step, the body of every epoch: ``step(params, opt_state, xb, yb, wb, *extra)
+    -> (params, opt_state, weighted loss)``.
+
+    Computes ``loss(params, xb, yb, wb, *extra)`` and its gradient, then the optax update; the
+    weighted loss is the batch's loss times ``sum(wb)``, so an epoch's mean is the sum of these
+    over the sum of the weights. Arguments as for :func:`make_epoch`.
+    """
+    grad_fn = VALUE_AND_GRAD[gradients](loss, has_aux=has_aux)
+
+    def step(params: nn.Params, opt_state: optax.OptState, xb, yb, wb, *extra):
+        value, grads = grad_fn(params, xb, yb, wb, *extra)
+        if has_aux:
+            value = value[1]  # the reported loss
+        new = apply_optimizer(tx, grads, opt_state, params)
+        if skip_empty:
+            keep = jnp.sum(wb) > 0
+            new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, (params, opt_state))
+        return (*new, value * jnp.sum(wb))
+
+    return step
+
+
+def epoch_order(
+    key: Array, w: Any, *, n: int, batch_size: int, shuffle: bool
+) -> tuple[Array, Array, Array]:
+    """An epoch's batches from the state's key: ``(next key, idx, weights)``.
+
+    ``idx`` and ``weights`` are ``(ceil(n / batch_size), batch_size)``
+    (:func:`fmlp.data.batch_indices`): example indices, and the padding mask times the
+    per-example weights ``w`` (n,) when given (in ``w``'s dtype).
+    """
+    key, order_key = jax.random.split(key)
+    idx, mask = data.batch_indices(order_key, n, batch_size, shuffle=shuffle)
+    return key, idx, mask if w is None else w[idx] * mask.astype(w.dtype)
+
+
 def make_epoch(
-    loss: Callable[..., Array],
+    loss: Callable[..., Any],
     tx: optax.GradientTransformation,
     *,
     n: int,
@@ -205,6 +251,7 @@ def make_epoch(
     gradients: str = "engine",
     shuffle: bool = True,
     skip_empty: bool = False,
+    has_aux: bool = False,
     permute: bool = True,
     unroll: int = 1,
     donate: bool = True,
@@ -212,7 +259,7 @@ def make_epoch(
 ) -> Callable[..., tuple[TrainState, Array]]:
     """The one compiled epoch: ``epoch(state, x, y, w=None, *extra) -> (state, mean loss)``.
 
-    Each of the ``ceil(n / batch_size)`` mini-batch steps computes
+    Each of the ``ceil(n / batch_size)`` mini-batch steps (:func:`make_step`) computes
     ``loss(params, x_b, y_b, w_b, *extra)`` (a scalar written with gates) and its gradient,
     then the optax update. ``x`` (n, ...) and ``y`` (n, ...) are the whole training set on
     the device; ``w_b`` (batch_size,) are the batch's weights: 1 for real examples and 0 for
@@ -228,6 +275,9 @@ def make_epoch(
         the same.
       shuffle: draw the order from ``state.key`` (else ``0..n-1``); the key advances either way.
       skip_empty: a batch whose weights sum to 0 leaves params and optimizer state untouched.
+      has_aux: ``loss`` returns ``(value, reported)``: ``value`` is differentiated and the
+        epoch's loss averages ``reported`` (e.g. a loss reported per output while its gradient
+        is that of the sum over outputs).
       permute: gather the epoch's batches once into a permuted copy of the data and scan over
         contiguous batches (see :func:`use_permuted_copy`); else gather each batch inside the
         loop. The same batches either way, so the same params up to float rounding (XLA may
@@ -237,15 +287,13 @@ def make_epoch(
       layout: with a device layout, each batch is split over its ``data`` axis and the new
         state keeps the layout's shardings.
     """
-    grad_fn = VALUE_AND_GRAD[gradients](loss)
+    step_fn = make_step(loss, tx, gradients=gradients, skip_empty=skip_empty, has_aux=has_aux)
 
     def shard(*arrays: Array, stacked: bool = False) -> tuple[Array, ...]:
         return arrays if layout is None else layout.shard_batch(*arrays, stacked=stacked)
 
     def epoch(state: TrainState, x: Array, y: Array, w: Array | None = None, *extra: Array):
-        key, order_key = jax.random.split(state.key)
-        idx, mask = data.batch_indices(order_key, n, batch_size, shuffle=shuffle)
-        weights = mask if w is None else w[idx] * mask
+        key, idx, weights = epoch_order(state.key, w, n=n, batch_size=batch_size, shuffle=shuffle)
 
         def step(carry: tuple, batch: tuple) -> tuple[tuple, None]:
             params, opt_state, total = carry
@@ -254,12 +302,8 @@ def make_epoch(
             else:
                 rows, wb = batch
                 xb, yb, wb = shard(x[rows], y[rows], wb)
-            value, grads = grad_fn(params, xb, yb, wb, *extra)
-            new = apply_optimizer(tx, grads, opt_state, params)
-            if skip_empty:
-                keep = jnp.sum(wb) > 0
-                new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, (params, opt_state))
-            return (*new, total + value * jnp.sum(wb)), None
+            params, opt_state, weighted = step_fn(params, opt_state, xb, yb, wb, *extra)
+            return (params, opt_state, total + weighted), None
 
         batches = shard(x[idx], y[idx], weights, stacked=True) if permute else (idx, weights)
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(state.params)))
@@ -275,6 +319,45 @@ def make_epoch(
     return jax.jit(epoch, out_shardings=(layout.state, layout.replicated), **donation)
 
 
+def make_streamed_epoch(
+    loss: Callable[..., Any],
+    tx: optax.GradientTransformation,
+    *,
+    n: int,
+    batch_size: int,
+    gather: Callable[[Any, Any], Any],
+    gradients: str = "engine",
+    shuffle: bool = True,
+    skip_empty: bool = False,
+    has_aux: bool = False,
+) -> Callable[..., tuple[TrainState, Array]]:
+    """:func:`make_epoch` for inputs that stay on the host, e.g. a scipy sparse matrix.
+
+    ``epoch(state, x, y, w=None, *extra) -> (state, mean loss)`` with the same order
+    (:func:`epoch_order`), steps (:func:`make_step`) and result as :func:`make_epoch`'s, but
+    each mini-batch of inputs is formed on the host by ``gather(x, rows) -> x_b``
+    (``(batch_size, ...)``, e.g. the rows densified) and sent to the device for one compiled
+    step: a host loop over the batches, whose loss is read back once per epoch. ``y`` and
+    ``w`` are host arrays too.
+    """
+    step = jax.jit(make_step(loss, tx, gradients=gradients, skip_empty=skip_empty, has_aux=has_aux))
+    order = jax.jit(functools.partial(epoch_order, n=n, batch_size=batch_size, shuffle=shuffle))
+
+    def epoch(state: TrainState, x: Any, y: Any, w: Any = None, *extra: Array):
+        key, idx, weights = order(state.key, w)
+        idx, weights = np.asarray(idx), np.asarray(weights)
+        params, opt_state, total = state.params, state.opt_state, 0.0
+        for rows, wb in zip(idx, weights):
+            params, opt_state, weighted = step(
+                params, opt_state, gather(x, rows), y[rows], wb, *extra
+            )
+            total = total + weighted
+        new_state = TrainState(params, opt_state, state.step + len(idx), state.epoch + 1, key)
+        return new_state, total / max(float(np.sum(weights)), 1e-30)
+
+    return epoch
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -285,9 +368,9 @@ def make_evaluate(
 
     Returns ``loss`` (mean per-example loss of ``net``'s head) and, for a classification
     head, ``accuracy`` and the ``confusion`` matrix (true class x predicted class, counts);
-    for regression ``mse`` (mean over examples and outputs of ``(o - t)^2``). With a
-    ``layout``, the batch (rounded up to a multiple of the ``data`` axis; the padding is
-    masked) is split over ``data``.
+    for regression ``mse`` (mean over examples and outputs of ``(o - t)^2``, ``o`` the head's
+    outputs). With a ``layout``, the batch (rounded up to a multiple of the ``data`` axis; the
+    padding is masked) is split over ``data``.
     """
     batch_size = min(batch_size, n)
     if layout is not None:
@@ -307,7 +390,8 @@ def make_evaluate(
             acc["correct"] = acc["correct"] + jnp.sum(jnp.where(pred == target, mask, 0.0))
             acc["confusion"] = acc["confusion"].at[target, pred].add(mask)
         else:
-            acc["sse"] = acc["sse"] + jnp.sum(jnp.square(out - target) * mask[:, None])
+            pred = net.head.activation(out)  # e.g. the rates exp(out) of the exp head
+            acc["sse"] = acc["sse"] + jnp.sum(jnp.square(pred - target) * mask[:, None])
         return acc, None
 
     def evaluate(params: nn.Params, x: Array, y: Array) -> dict[str, Array]:

@@ -509,3 +509,18 @@ def test_a_correct_user_gate_passes_and_composes(temporary_gates, key):
     ref = jax.grad(f, argnums=(0, 1))(w, v)
     chex.assert_trees_all_equal_shapes_and_dtypes(ours, ref)
     chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-14)
+
+
+def test_exp_poisson_deviance_is_half_the_poisson_deviance_of_the_rates():
+    # scikit-learn's poisson loss of rates mu = exp(s), per example: sum_j t log(t / mu) - t + mu,
+    # with 0 log 0 = 0 for zero counts.
+    s = jnp.array([[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]], jnp.float64)
+    t = jnp.array([[0.0, 1.0, 4.0], [2.0, 0.0, 1.0]], jnp.float64)
+    mu = np.exp(np.asarray(s))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(t > 0, np.asarray(t) * np.log(np.asarray(t) / mu), 0.0) - t + mu
+    np.testing.assert_allclose(gates.exp_poisson_deviance(s, t), terms.sum(axis=-1), rtol=1e-12)
+    grad = jax.grad(lambda z: jnp.sum(gates.exp_poisson_deviance(z, t)))(s)
+    np.testing.assert_allclose(fmlp.grad(lambda z: gates.sum(gates.exp_poisson_deviance(z, t)))(s),
+                               grad, rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(grad, mu - t, rtol=1e-12)  # the canonical link: exp(s) - t

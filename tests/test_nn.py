@@ -262,20 +262,23 @@ def test_lecture_net_shapes_gradient_and_training(key, kind):
 
 
 def test_the_head_table_decides_activation_loss_and_task():
-    assert set(nn.HEADS) == {"softmax", "identity"}
+    assert set(nn.HEADS) == {"softmax", "identity", "exp"}
     assert nn.HEADS["softmax"] == (fmlp.gates.softmax, fmlp.gates.softmax_cross_entropy,
                                    "classification")  # fmt: skip
     assert nn.HEADS["identity"].loss is fmlp.gates.squared_error
     assert nn.HEADS["identity"].task == "regression"
+    assert nn.HEADS["exp"] == (fmlp.gates.exp, fmlp.gates.exp_poisson_deviance, "regression")
     assert {name: head.activation for name, head in nn.HEADS.items()} == nn.OUTPUTS
 
 
-@pytest.mark.parametrize("output", ["softmax", "identity"])
+@pytest.mark.parametrize("output", ["softmax", "identity", "exp"])
 def test_the_model_value_is_the_functions_it_replaces(key, output):
     net = nn.mlp([4, 6, 3], activation="relu", output=output)
     params = net.init(key)
     x = jax.random.normal(jax.random.key(5), (10, 4), jnp.float32)
     y = jnp.arange(10) % 3 if output == "softmax" else jax.random.normal(key, (10, 3), jnp.float32)
+    if output == "exp":
+        y = jnp.abs(y)  # counts or rates
     np.testing.assert_array_equal(
         net.apply(params, x), nn.apply(params, x, activation="relu", output=output)
     )

@@ -36,29 +36,11 @@ FAST = {  # converges on iris-sized problems (one full-batch Adam step per epoch
     "random_state": 0,
 }
 
-EXPECTED_FAILED_CHECKS = {
-    "check_sample_weight_equivalence_on_dense_data": (
-        "Weights are equivalent to repeating or removing rows only up to float32 round-off: "
-        "the parameters are float32 and the weighted and repeated batches are summed in a "
-        "different order, so after 100 Adam epochs predictions agree to 1e-6..1e-5 relative, "
-        "while the check asks for rtol=1e-7. test_integer_weights_equal_repeated_rows and "
-        "test_zero_weight_equals_removing_rows check the same property at float32 tolerance."
-    ),
-}
-
-
-def _expected_failed_checks(estimator):
-    return EXPECTED_FAILED_CHECKS
-
 
 # scikit-learn's own test_common runs these checks ignoring ConvergenceWarning: several checks
 # fit with few epochs on purpose, and the warning is the documented behaviour there.
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@parametrize_with_checks(
-    [MLPClassifier(**SMALL), MLPRegressor(**SMALL)],
-    expected_failed_checks=_expected_failed_checks,
-    xfail_strict=True,
-)
+@parametrize_with_checks([MLPClassifier(**SMALL), MLPRegressor(**SMALL)])
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
 
@@ -69,7 +51,7 @@ def test_tags():
     assert not clf_tags.classifier_tags.multi_label
     assert not clf_tags.target_tags.multi_output
     assert reg_tags.target_tags.multi_output and reg_tags.target_tags.single_output
-    assert not clf_tags.input_tags.sparse and not reg_tags.input_tags.sparse
+    assert clf_tags.input_tags.sparse and reg_tags.input_tags.sparse
 
 
 def test_module_doctest():
@@ -110,7 +92,7 @@ def test_digits_accuracy(digits, digits_model):
     assert (clf.n_features_in_, clf.n_outputs_, clf.n_layers_) == (64, 10, 3)
     assert clf.out_activation_ == "softmax"
     assert [layer["W"].shape for layer in clf.params_] == [(64, 64), (64, 10)]
-    assert all(layer["W"].dtype == np.float32 for layer in clf.params_)
+    assert all(layer["W"].dtype == np.float64 for layer in clf.params_)  # X is float64
     assert [c.shape for c in clf.coefs_] == [(64, 64), (64, 10)]
     assert [b.shape for b in clf.intercepts_] == [(64,), (10,)]
 
@@ -400,7 +382,10 @@ def test_pipeline_and_grid_search():
     ("params", "match"),
     [
         ({"activation": "softplus"}, r"'activation' .* a str among \{.*\}\. Got 'softplus'"),
-        ({"solver": "lbfgs"}, r"'solver' .* must be 'adam' or 'sgd': fmlp has no lbfgs"),
+        ({"solver": "newton"}, r"'solver' .* a str among \{.*'lbfgs'.*\}\. Got 'newton'"),
+        ({"learning_rate": "cosine"}, r"'learning_rate' .* among \{.*'invscaling'.*\}"),
+        ({"power_t": -0.5}, r"'power_t' .* a float in the range \[0.0, inf\)\. Got -0.5"),
+        ({"max_fun": 0}, r"'max_fun' .* an int in the range \[1, inf\)\. Got 0"),
         ({"hidden_layer_sizes": (16, 0)}, "hidden_layer_sizes must be a positive integer"),
         ({"alpha": -1.0}, r"'alpha' .* a float in the range \[0.0, inf\)\. Got -1.0"),
         (
@@ -409,9 +394,9 @@ def test_pipeline_and_grid_search():
         ),
         ({"max_iter": 2.5}, r"'max_iter' .* an int in the range \[1, inf\)\. Got 2.5"),
         ({"learning_rate_init": 0.0}, r"'learning_rate_init' .* a float in the range \(0.0, inf\)"),
-        ({"validation_fraction": 1.0}, r"'validation_fraction' .* in the range \(0.0, 1.0\)"),
+        ({"validation_fraction": 1.0}, r"'validation_fraction' .* in the range \[0.0, 1.0\)"),
         ({"momentum": 1.5}, r"'momentum' .* a float in the range \[0.0, 1.0\]\. Got 1.5"),
-        ({"n_iter_no_change": 0}, r"'n_iter_no_change' .* an int in the range \[1, inf\)"),
+        ({"n_iter_no_change": 0}, r"'n_iter_no_change' .* an int in the range \[1, inf\) or a"),
     ],
 )
 def test_invalid_parameters_are_named(params, match):
@@ -454,7 +439,8 @@ def test_sgd_solver_learns():
 
 
 def test_gradients_come_from_the_engine(monkeypatch):
-    """An sgd step equals ``params - lr * fmlp.grad(loss)``, and jax's AD is never called."""
+    """An sgd step equals ``params - lr * fmlp.grad(loss)``, and jax's AD is never called
+    (neither by sgd nor by lbfgs)."""
     calls = []
     engine_value_and_grad = fmlp.engine.value_and_grad
 
@@ -475,7 +461,7 @@ def test_gradients_come_from_the_engine(monkeypatch):
     monkeypatch.setattr(fmlp.sklearn, "_compiled_epoch", fresh_cache)
 
     X, y = load_iris(return_X_y=True)
-    X = StandardScaler().fit_transform(X)[:45]
+    X = StandardScaler().fit_transform(X)[:45].astype(np.float32)  # float32 parameters
     y = y[:45]
     lr, alpha = 0.5, 0.3
     clf = MLPClassifier(
@@ -493,11 +479,17 @@ def test_gradients_come_from_the_engine(monkeypatch):
     clf.partial_fit(X, y)  # one full-batch step
     after = jax.tree.map(np.asarray, clf.params_)
     assert calls, "the epoch was not differentiated by fmlp.engine.value_and_grad"
+    # lbfgs's objective differentiates with the same table.
+    fresh_objectives = functools.lru_cache(fmlp.sklearn._compiled_objective.__wrapped__)
+    monkeypatch.setattr(fmlp.sklearn, "_compiled_objective", fresh_objectives)
+    calls.clear()
+    clf.set_params(solver="lbfgs", max_iter=3).fit(X, y)
+    assert calls, "lbfgs's objective was not differentiated by fmlp.engine.value_and_grad"
     monkeypatch.undo()
 
     # The loss the estimator documents: mean cross-entropy + alpha / 2 * sum ||W||^2 / n.
     def loss(params):
-        data = nn.loss(params, X.astype(np.float32), y, activation="sigmoid", output="softmax")
+        data = nn.loss(params, X, y, activation="sigmoid", output="softmax")
         penalty = fmlp.gates.sum(fmlp.gates.square(params[0]["W"]))
         penalty = fmlp.gates.add(penalty, fmlp.gates.sum(fmlp.gates.square(params[1]["W"])))
         return fmlp.gates.add(data, fmlp.gates.multiply(penalty, np.float32(alpha / 2 / len(X))))

@@ -111,6 +111,43 @@ def test_the_engine_and_jax_backends_agree(problem):
     np.testing.assert_allclose(loss_e, loss_j, rtol=1e-5)
 
 
+def test_has_aux_differentiates_the_value_and_reports_the_aux(problem):
+    net, x, y = problem
+
+    def reported_twice(params, xb, yb, wb):
+        value = net.loss(params, xb, yb, wb)
+        return value, fmlp.gates.multiply(value, 2.0)
+
+    ref, loss_ref = run_epochs(net, x, y)
+    got, loss_got = run_epochs(net, x, y, loss=reported_twice, has_aux=True)
+    chex.assert_trees_all_close(ref.params, got.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(loss_got, 2 * np.asarray(loss_ref), rtol=1e-6)
+
+
+def test_a_streamed_epoch_is_the_compiled_epoch_on_host_batches(problem):
+    """Same order and steps from host-resident data, each batch formed by ``gather``."""
+    net, x, y = problem
+    w = jnp.asarray(np.random.default_rng(2).uniform(0, 2, N), jnp.float32)
+    ref, loss_ref = run_epochs(net, x, y, w=w)
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = train.init_state(net, tx, seed=3)
+    gathered = []
+
+    def gather(x_host, rows):
+        gathered.append(len(rows))
+        return x_host[rows]
+
+    epoch = train.make_streamed_epoch(net.loss, tx, n=N, batch_size=BATCH, gather=gather)
+    losses = []
+    for _ in range(2):
+        state, value = epoch(state, np.asarray(x), np.asarray(y), np.asarray(w))
+        losses.append(float(value))
+    assert gathered == [BATCH] * 14  # 2 epochs of 7 batches, never the whole set
+    chex.assert_trees_all_close(ref.params, state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss_ref, losses, rtol=1e-5)
+    assert int(state.step) == int(ref.step) and np.array_equal(state.key, ref.key)
+
+
 def test_without_donation_the_input_state_stays_usable(problem):
     net, x, y = problem
     tx = optax.sgd(0.1)
@@ -162,6 +199,10 @@ def test_evaluate_reports_the_heads_metrics(problem):
     mse = float(jnp.mean(jnp.square(regression.apply(rparams, x) - targets)))
     assert float(got["mse"]) == pytest.approx(mse, rel=1e-5)
     assert set(got) == {"loss", "mse"}
+    poisson = nn.mlp([FEATURES, 4, 2], output="exp")  # its mse is that of the rates exp(s)
+    got = train.make_evaluate(poisson, n=N, batch_size=32)(rparams, x, jnp.abs(targets))
+    mse = float(jnp.mean(jnp.square(poisson.apply(rparams, x) - jnp.abs(targets))))
+    assert float(got["mse"]) == pytest.approx(mse, rel=1e-5)
 
 
 def test_optax_dtypes_lets_optax_run_under_strict_promotion():
