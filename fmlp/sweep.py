@@ -276,7 +276,7 @@ class SweepDir:
     """A sweep's directory: ``sweep.yaml`` (what was swept), ``sweep.csv`` (one row per
     member), ``plots/validation.png`` and ``members/<i>/``, each a run directory."""
 
-    SPEC, TABLE, SUMMARY = "sweep.yaml", "sweep.csv", "summary.json"
+    SPEC, TABLE, SUMMARY = "sweep.yaml", "sweep.csv", "sweep.json"
     PLOT, MEMBERS = "plots/validation.png", "members"
 
     def __init__(self, path: PathLike) -> None:
@@ -369,7 +369,7 @@ def sweep(
     Returns:
       ``{"dir": path, "members": rows, "summary": ...}``: one row per member (its overrides,
       status, best epoch, validation and test metrics), sorted best first by the validation
-      metric, and ``summary.json``'s content (the ``top`` ensemble's test metrics).
+      metric, and ``sweep.json``'s content (the ``top`` ensemble's test metrics).
 
     Raises:
       fmlp.errors.InputError: a bad key or value (naming the member's override), or a bad
