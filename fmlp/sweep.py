@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -184,20 +185,57 @@ def check_fits(runs: Sequence[run.Run], grid: Grid) -> None:
         )
 
 
-def compile_group(runs: Sequence[run.Run], grid: Grid) -> tuple[Callable, Callable, tuple, float]:
-    """The group's vectorized epoch and validation pass, compiled, and their data.
+class Program(NamedTuple):
+    """A group's compiled programs, its data and its members' stacked initial states."""
 
-    Returns ``(epoch, evaluate, arrays, compile_seconds)``: ``epoch(states, active, x, y)``
-    trains every ``active`` member one epoch (``(states, losses)``, states and ``active``
-    laid out ``(D, M)`` as ``grid`` says); ``evaluate(params, x_val, y_val)`` gives each
-    member's validation metrics ``(D, M)``; ``arrays`` are ``(x, y, x_val, y_val)`` stacked
-    over the ``D`` training sets. Batches are gathered from the set at each step (no
-    per-member permuted copy of the data).
+    epoch: Callable  # (states, active, x, y) -> (states, losses (D, M))
+    evaluate: Callable  # (params, x_val, y_val) -> validation metrics, each (D, M)
+    arrays: tuple  # (x, y, x_val, y_val), each stacked over the D training sets
+    states: train.TrainState  # leaves (D, M, ...)
+    place: Callable  # a (D, M) array -> on the devices as the states are
+    compile_seconds: float
+
+
+def member_sharding(grid: Grid) -> tuple[Any, Any] | None:
+    """On several devices, ``(sharding of (D, M, ...) leaves, of (D, ...) data)`` that split
+    the members over every device: the ``M`` axis when the device count divides it, else
+    ``D`` (the data too); None on one device or when neither axis divides."""
+    devices = jax.devices()
+    d, m = np.shape(grid.order)
+    if len(devices) == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
+    spec = jax.sharding.PartitionSpec
+    if m % len(devices) == 0:
+        return jax.NamedSharding(mesh, spec(None, "members")), jax.NamedSharding(mesh, spec())
+    if d % len(devices) == 0:
+        both = jax.NamedSharding(mesh, spec("members"))
+        return both, both
+    warnings.warn(
+        f"sweep: {d} x {m} members do not split evenly over {len(devices)} devices; they "
+        "train on one device.",
+        stacklevel=2,
+    )
+    return None
+
+
+def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
+    """The group's vectorized epoch and validation pass, compiled, and what they run on.
+
+    ``epoch`` trains every ``active`` member one epoch (states and ``active`` laid out
+    ``(D, M)`` as ``grid`` says), ``evaluate`` gives each member's validation metrics. Batches
+    are gathered from the member's set at each step (no per-member permuted copy of the
+    data). On several devices the members are split over them (:func:`member_sharding`).
     """
     first, tc = runs[0], runs[0].cfg.train
     arrays = tuple(
         jnp.stack(column) for column in zip(*(runs[row[0]].arrays for row in grid.order))
     )
+    states = grid.stack([r.state for r in runs])
+    shardings = member_sharding(grid)
+    if shardings is not None:
+        states = jax.device_put(states, shardings[0])
+        arrays = jax.device_put(arrays, shardings[1])
     start = time.perf_counter()
     epoch = train.make_epoch(
         first.net.loss, first.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
@@ -214,15 +252,20 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> tuple[Callable, Callab
         inner = jax.vmap(f, in_axes=(0,) * state_args + (None, None))
         return jax.vmap(inner, in_axes=0)
 
-    states = grid.stack([r.state for r in runs])
-    active = jnp.ones(np.shape(grid.order), bool)
+    def place(a: Any) -> Any:
+        a = jnp.asarray(a)
+        return a if shardings is None else jax.device_put(a, shardings[0])
+
+    active = place(np.ones(np.shape(grid.order), bool))
     x, y, xv, yv = arrays
     vectorized_epoch = (
         jax.jit(on_grid(member_epoch, 2), donate_argnums=0).lower(states, active, x, y).compile()
     )
     evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
     vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
-    return vectorized_epoch, vectorized_evaluate, arrays, time.perf_counter() - start
+    return Program(
+        vectorized_epoch, vectorized_evaluate, arrays, states, place, time.perf_counter() - start
+    )
 
 
 def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: Any) -> float:
@@ -234,16 +277,16 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
     """
     runs = [m.run for m in members]
     grid = Grid.of(runs)
-    epoch, evaluate, (x, y, xv, yv), compile_seconds = compile_group(runs, grid)
-    states = grid.stack([r.state for r in runs])
+    program = compile_group(runs, grid)
+    (x, y, xv, yv), states = program.arrays, program.states
     first = min(int(r.state.epoch) for r in runs) + 1
     for number in range(first, runs[0].cfg.train.epochs + 1):
         active = [m.status == "training" and int(m.run.state.epoch) < number for m in members]
         if not any(active):
             break
         start = time.perf_counter()
-        states, losses = epoch(states, jnp.asarray(grid.stack(active)), x, y)
-        metrics = evaluate(states.params, xv, yv)
+        states, losses = program.epoch(states, program.place(grid.stack(active)), x, y)
+        metrics = program.evaluate(states.params, xv, yv)
         host = jax.device_get({"train_loss": losses, **metrics})
         elapsed = time.perf_counter() - start
         for i, m in enumerate(members):
@@ -266,7 +309,7 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
     for m in members:
         if m.status == "training":
             m.status = "done"
-    return compile_seconds
+    return program.compile_seconds
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -217,3 +217,35 @@ def test_a_bad_range_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"optimizer\.learning_rate=0\.5\.\.0\.1 is not a range"):
         sweep.sweep(BASE, ["optimizer.learning_rate=0.5..0.1"], search="random", out=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+EIGHT_DEVICES = """
+import sys, jax
+from fmlp import sweep
+assert jax.device_count() == 8
+base = {"data": {"name": "lecture_classification", "synthetic_examples": 400},
+        "model": {"hidden": [8]}, "train": {"epochs": 2, "batch_size": 32},
+        "run": {"progress": "never"}}
+sweep.sweep(base, [sys.argv[2]], seeds=int(sys.argv[3]), out=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize(
+    ("rates", "seeds"),
+    [("0.4,0.3,0.2,0.1,0.05,0.03,0.02,0.01", 1), ("0.3,0.1,0.03,0.01", 2)],
+    ids=["members split", "sets split"],
+)
+def test_members_split_over_eight_devices_train_as_on_one(tmp_path, rates, seeds):
+    grid = f"optimizer.learning_rate={rates}"
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "eight"), grid, str(seeds)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = BASE | {"train": {"epochs": 2, "batch_size": 32}}
+    one = sweep.sweep(base, [grid], seeds=seeds, out=tmp_path / "one")
+    for row in one["members"]:
+        eight = tmp_path / "eight" / "members" / str(row["member"])
+        for a, b in zip(params_of(eight), params_of(row["run_dir"])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
