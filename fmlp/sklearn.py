@@ -29,10 +29,11 @@ The loss of a mini-batch ``B`` with sample weights ``w`` is scikit-learn's::
 
 with ``l_i`` the cross-entropy of example ``i`` (classifier), or ``1/2 sum_j (o_ij - t_ij)^2``
 (regressor; scikit-learn reports the mean over outputs instead of the sum, but its gradient
-is this one). Biases are not penalised. A batch whose weights sum to 0 is skipped. An epoch's
-loss (``loss_curve_``) is the weight-averaged batch loss, so rows of weight 0 change neither
-the gradients nor the curve, and the stopping rule is scikit-learn's (``tol``,
-``n_iter_no_change``, ``early_stopping`` on a stratified ``validation_fraction``).
+is this one). Biases are not penalised (:func:`fmlp.train.decay_mask`, the trainer's weight
+decay rule too). A batch whose weights sum to 0 is skipped. An epoch's loss (``loss_curve_``)
+is the weight-averaged batch loss, so rows of weight 0 change neither the gradients nor the
+curve, and the stopping rule is scikit-learn's (``tol``, ``n_iter_no_change``,
+``early_stopping`` on a stratified ``validation_fraction``).
 
 Differences from scikit-learn: parameters are float32 (whatever X's dtype); the classifier
 always uses a softmax output with one unit per class (also for two classes, where
@@ -144,16 +145,19 @@ def _batch_loss(
       alpha: L2 strength, float32 ``()``.
 
     Returns:
-      ``sum(w l) / sum(w) + alpha / 2 * sum ||W||^2 / sum(w)``; 0 when ``sum(w) == 0``.
+      ``sum(w l) / sum(w) + alpha / 2 * sum ||W||^2 / sum(w)``, over the leaves
+      :func:`fmlp.train.decay_mask` marks (the weights ``W``); 0 when ``sum(w) == 0``.
     """
     per_example = net.per_example_loss(params, x, y)
     # w and alpha are constants of the differentiated function: plain jnp is fine for them.
     total = jnp.sum(w)
     inv_total = jnp.where(total > 0, 1.0 / jnp.maximum(total, 1e-30), 0.0)
     data_loss = gates.multiply(gates.sum(gates.multiply(per_example, w)), inv_total)
-    penalty = gates.sum(gates.square(params[0]["W"]))
-    for layer in params[1:]:
-        penalty = gates.add(penalty, gates.sum(gates.square(layer["W"])))
+    decayed = jax.tree.leaves(train.decay_mask(params))
+    squares = [
+        gates.sum(gates.square(leaf)) for leaf, on in zip(jax.tree.leaves(params), decayed) if on
+    ]
+    penalty = functools.reduce(gates.add, squares)
     return gates.add(data_loss, gates.multiply(penalty, 0.5 * alpha * inv_total))
 
 
