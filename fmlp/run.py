@@ -508,8 +508,8 @@ class Best:
 
     def update(self, epoch: int, value: float) -> bool:
         """Take ``epoch``'s value; return whether it is the new best."""
-        gain = value - self.value if self.value is not None else math.inf
-        if (gain if self.mode == "max" else -gain) > self.min_delta:
+        sign = 1.0 if self.mode == "max" else -1.0
+        if self.value is None or sign * (value - self.value) > self.min_delta:
             self.epoch, self.value, self.stale = epoch, value, 0
             return True
         self.stale += 1
@@ -717,15 +717,13 @@ def set_up(
         layout = parallel.layout(cfg.parallel, state, optimizer.tx, batch_size=tc.batch_size)
         has_val = len(dataset.x_val) > 0
         watched, columns = _watched(net, has_val), _columns(cfg, train.metric_name(net))
-        mode = "max" if watched == "val_accuracy" else "min"
         if resume is not None:
-            ckpt, state, history = _resume(run_dir, cfg, net, state, main, mode, columns)
+            ckpt, state, history = _resume(run_dir, cfg, net, state, main, watched, columns)
         else:
             if main:
                 _storage(lambda: run_dir.create(staging, cfg, net, dataset, columns), run_dir.path)
             parallel.barrier("fmlp: run directory created")  # before the others open it
-            ckpt = run_dir.checkpointer(keep=tc.keep_checkpoints, best_mode=mode)
-            history = []
+            ckpt, history = run_dir.checkpointer(**_checkpoint_options(cfg, watched)), []
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -736,18 +734,29 @@ def set_up(
     best = _replay(history, watched, cfg)
     run = Run(
         cfg, run_dir, dataset, net, optimizer, layout, layout.put_state(state), arrays,
-        ckpt, history, main, has_val, best,
+        ckpt, history, main, has_val, best, _stopped(cfg, history, best),
     )  # fmt: skip
-    patience = tc.early_stopping.patience
-    if patience is not None and history and best.stale >= patience:
-        run.stopped = history[-1]["epoch"]
+    if run.stopped is not None:
         _warn(
             f"--resume {run_dir}: early stopping ended this run at epoch {run.stopped} "
-            f"({watched} had not improved for {patience} epochs since epoch {best.epoch}); "
-            "it is not trained on. To train longer, start a new run with a larger "
-            "train.early_stopping.patience."
+            f"({watched} had not improved for {tc.early_stopping.patience} epochs since epoch "
+            f"{best.epoch}); it is not trained on, and nothing of it is written. To train "
+            "longer, start a new run with a larger train.early_stopping.patience."
         )
     return run
+
+
+def _checkpoint_options(cfg: config.Config, watched: str) -> dict[str, Any]:
+    best_mode = "max" if watched == "val_accuracy" else "min"
+    return {"keep": cfg.train.keep_checkpoints, "best_mode": best_mode}
+
+
+def _stopped(cfg: config.Config, history: Sequence[dict[str, Any]], best: Best) -> int | None:
+    """The epoch early stopping ended a run at (its history's last), or None."""
+    patience = cfg.train.early_stopping.patience
+    if patience is None or not history or best.stale < patience:
+        return None
+    return history[-1]["epoch"]
 
 
 def _resume(
@@ -756,11 +765,12 @@ def _resume(
     net: nn.MLP,
     state: train.TrainState,
     main: bool,
-    best_mode: str,
+    watched: str,
     columns: Sequence[str],
 ) -> tuple[checkpoint.Checkpointer, train.TrainState, list[dict[str, Any]]]:
     """Check the run, restore its newest intact checkpoint, then (only then) rewrite its
-    config (the new ``train.epochs``) and cut its metrics back to the restored epoch."""
+    config (the new ``train.epochs``) and cut its metrics back to the restored epoch; unless
+    early stopping had ended it there, which leaves it as it is."""
     saved = run_dir.model(cfg).sizes
     if saved != net.sizes:
         raise RunDirectoryError(
@@ -783,12 +793,12 @@ def _resume(
             f"latest holds no checkpoint, so there is nothing to resume from{hint}. Start "
             "afresh with another --out."
         )
-    ckpt = run_dir.checkpointer(keep=cfg.train.keep_checkpoints, best_mode=best_mode)
+    ckpt = run_dir.checkpointer(**_checkpoint_options(cfg, watched))
     restored = ckpt.restore_newest_intact(state, warn=_warn, move_aside=main)
     if restored is not None:
         state = restored[0]
     history = [row for row in logged if row["epoch"] <= int(state.epoch)]
-    if main:
+    if main and _stopped(cfg, history, _replay(history, watched, cfg)) is None:
         _storage(lambda: run_dir.write_config(cfg), run_dir.path)
         _storage(lambda: run_dir.write_history(history, columns), run_dir.path)
     parallel.barrier("fmlp: run directory resumed")

@@ -267,9 +267,7 @@ def test_accumulation_equals_one_step_on_the_k_times_larger_batch(problem):
             opt, steps_per_epoch=steps, epochs=2, accumulate=accumulate
         )
         state = train.init_state(net, optimizer.tx, seed=3)
-        epoch = train.make_epoch(
-            net.loss, optimizer.tx, n=96, batch_size=batch_size, shuffle=False
-        )
+        epoch = train.make_epoch(net.loss, optimizer.tx, n=96, batch_size=batch_size, shuffle=False)
         for _ in range(2):
             state, _ = epoch(state, x, y)
         return state, float(optimizer.learning_rate(state))
