@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -575,6 +576,7 @@ class Programs(NamedTuple):
     """The run's compiled programs."""
 
     epoch: Any
+    progress_epoch: Callable[[], Any] | None  # the epoch reporting its steps, compiled on call
     evaluate_val: Any
     learning_rate: Any  # state -> the rate of the last step taken
     check_gradients: Any | None  # None: train.check_gradients_every is off
@@ -866,17 +868,25 @@ def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = 
     """Compile the epoch, the validation pass, the learning rate and what the config adds:
     the parity check, the gradients for histograms, the plateau's update.
 
-    ``progress``: the epoch's in-epoch callback (:func:`fmlp.train.make_epoch`).
+    ``progress``: the in-epoch progress callback (:func:`fmlp.train.make_epoch`); the epoch
+    that calls it is compiled on first use (:attr:`Programs.progress_epoch`), only once an
+    epoch has run longer than :data:`PROGRESS_AFTER` seconds.
     """
     tc, (x, y, xv, yv), state, layout = run.cfg.train, run.arrays, run.state, run.layout
     n = len(x)
     start = time.perf_counter()
-    epoch = train.make_epoch(
-        run.net.loss, run.optimizer.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
-        unroll=tc.unroll, layout=layout,
-        permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
-        progress=progress, progress_every=max(1, math.ceil(n / tc.batch_size) // PROGRESS_UPDATES),
-    ).lower(state, x, y).compile()  # fmt: skip
+
+    def compiled_epoch(progress: Callable[[Any, Any], None] | None) -> Any:
+        return train.make_epoch(
+            run.net.loss, run.optimizer.tx, n=n, batch_size=tc.batch_size,
+            gradients=tc.gradients, unroll=tc.unroll, layout=layout,
+            permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
+            progress=progress,
+            progress_every=max(1, math.ceil(n / tc.batch_size) // PROGRESS_UPDATES),
+        ).lower(state, x, y).compile()  # fmt: skip
+
+    epoch = compiled_epoch(None)
+    progress_epoch = None if progress is None else functools.cache(lambda: compiled_epoch(progress))
     evaluate = (
         train.make_evaluate(run.net, n=len(xv), batch_size=tc.eval_batch_size, layout=layout)
         .lower(state.params, xv, yv)
@@ -898,11 +908,18 @@ def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = 
             jax.jit(run.optimizer.plateau, out_shardings=layout.state).lower(state, loss).compile()
         )
     seconds = time.perf_counter() - start
-    return Programs(epoch, evaluate, learning_rate, check, gradients, plateau, seconds)
+    return Programs(
+        epoch, progress_epoch, evaluate, learning_rate, check, gradients, plateau, seconds
+    )
 
 
-PROGRESS_UPDATES = 50
+PROGRESS_UPDATES = 10
 """How often per epoch the compiled epoch reports its steps to the progress bar."""
+
+PROGRESS_AFTER = 1.0
+"""Seconds an epoch must have taken before the next ones report their steps: each report
+stops the compiled loop for a host callback (about 0.1 ms on the idle 2-core CPU, several
+under load), which a short epoch need not pay."""
 
 
 def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[float]:
@@ -919,8 +936,11 @@ def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[floa
         for epoch in range(first, tc.epochs + 1):
             if run.stopped is not None:
                 break
+            long = bool(seconds) and seconds[-1] > PROGRESS_AFTER
+            reports = programs.progress_epoch is not None and long
+            program = programs.progress_epoch() if reports else programs.epoch  # compiled once
             start = time.perf_counter()
-            run.state, train_loss = programs.epoch(run.state, x, y)
+            run.state, train_loss = program(run.state, x, y)
             device = {"train_loss": train_loss, **programs.evaluate_val(run.state.params, xv, yv)}
             if programs.check_gradients is not None and epoch % tc.check_gradients_every == 0:
                 device["gradient_check"] = programs.check_gradients(
@@ -1076,12 +1096,10 @@ def _saving(run: Run, what: str) -> Iterator[None]:
 
 
 class _ProgressBar:
-    """A tqdm bar over epochs (process 0 only; its :meth:`hook` advances it) and, once an
-    epoch has run :data:`STEPS_AFTER` seconds, a bar over that epoch's mini-batch steps
-    with the running loss and examples/s, which the compiled epoch advances
+    """A tqdm bar over epochs (process 0 only; its :meth:`hook` advances it) and, in epochs
+    after one longer than :data:`PROGRESS_AFTER` seconds, a bar over the epoch's mini-batch
+    steps with the running loss and examples/s, which the compiled epoch advances
     (:meth:`steps_done`, its host callback) while it runs."""
-
-    STEPS_AFTER = 1.0
 
     def __init__(self, run: Run) -> None:
         from tqdm.auto import tqdm  # here: only runs that show progress pay for the import
@@ -1102,23 +1120,27 @@ class _ProgressBar:
 
     def begin(self) -> None:
         """Mark the start of an epoch (the first: right before the loop starts)."""
-        self.started = time.perf_counter()
+        self.started = self.drawn = time.perf_counter()
 
     def steps_done(self, done: np.ndarray, loss_sum: np.ndarray) -> None:
         """The compiled epoch's callback: ``done`` steps so far, their examples' loss sum."""
         with self.lock:
             now = time.perf_counter()
             if self.inner is None:
-                if now - self.started < self.STEPS_AFTER:
-                    return
                 self.inner = self.tqdm(
                     total=self.steps, unit="step", leave=False, desc=f"epoch {self.bar.n + 1}"
                 )
+            if now - self.drawn < self.inner.mininterval and int(done) < self.steps:
+                return  # tqdm would not draw it: skip the formatting too
+            self.drawn = now
             seen = min(int(done) * self.batch_size, self.n)
-            self.inner.update(int(done) - self.inner.n)  # a repeated call moves nothing
             self.inner.set_postfix_str(
-                f"loss {float(loss_sum) / seen:.4f}, {seen / (now - self.started):,.0f} examples/s"
+                f"loss {float(loss_sum) / seen:.4f}, {seen / (now - self.started):,.0f} examples/s",
+                refresh=False,  # drawn by update, at most every tqdm's mininterval
             )
+            self.inner.update(int(done) - self.inner.n)  # a repeated call moves nothing
+            if int(done) == self.steps:
+                self.inner.refresh()  # the epoch's last figures, however soon they come
 
     def hook(self, run: Run, result: EpochResult) -> None:
         with self.lock:

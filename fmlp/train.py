@@ -69,6 +69,7 @@ class Optimizer(NamedTuple):
     run reads from (and feeds into) its state between epochs."""
 
     tx: optax.GradientTransformation
+    schedule: optax.Schedule  # optimizer step -> its rate (before a plateau's scale)
     learning_rate: Callable[[TrainState], Array]  # state -> the rate of its last step, ()
     # (state, validation loss ()) -> state: once per epoch (schedule: plateau), else None
     plateau: Callable[[TrainState, Array], TrainState] | None
@@ -138,7 +139,7 @@ def make_optimizer(
         return value if plateau is None else value * state.opt_state[1].scale
 
     if plateau is None:
-        return Optimizer(tx, rate, None)
+        return Optimizer(tx, schedule, rate, None)
 
     def feed(state: TrainState, value: Array) -> TrainState:
         inner, watch = state.opt_state
@@ -148,7 +149,7 @@ def make_optimizer(
         fed = jax.tree.map(lambda new, old: jnp.where(warm, new, old), fed, watch)
         return state._replace(opt_state=(inner, fed))
 
-    return Optimizer(_scaled_by_plateau(tx, plateau), rate, feed)
+    return Optimizer(_scaled_by_plateau(tx, plateau), schedule, rate, feed)
 
 
 def _scaled_by_plateau(

@@ -817,8 +817,8 @@ WATCHED = ("run.tensorboard=true", "run.histogram_every=2", "run.progress=always
 @pytest.fixture(scope="module")
 def feature_runs(tmp_path_factory) -> dict[str, Any]:
     """Every feature of the loop on, trained in one go (no progress bar), and trained
-    SPLIT_AT epochs then resumed with TensorBoard events and the in-epoch progress bar (its
-    callback shown from the first step); then that stopped run resumed once more."""
+    SPLIT_AT epochs then resumed with TensorBoard events and the in-epoch progress bar (from
+    each process's second epoch on); then that stopped run resumed once more."""
     reference = fit_run(
         tmp_path_factory, *FEATURES, f"train.epochs={FEATURES_EPOCHS}", "run.progress=never",
         name="features",
@@ -827,7 +827,7 @@ def feature_runs(tmp_path_factory) -> dict[str, Any]:
     overrides = [*FEATURES[1:], *WATCHED]
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
-        patch.setattr(fmlp.run._ProgressBar, "STEPS_AFTER", 0.0)
+        patch.setattr(fmlp.run, "PROGRESS_AFTER", 0.0)
         fmlp.fit(CLASSIFICATION, overrides=[*overrides, f"train.epochs={SPLIT_AT}"], out=split)
         first_part = read_jsonl(split / "metrics.jsonl")
         state, history = fmlp.fit(
@@ -962,5 +962,8 @@ def test_the_progress_bar_advances_inside_a_long_epoch(feature_runs):
         r"epoch (\d+): +\d+%.*?(\d+)/12 .*?loss \d\.\d{4}, [\d,]+ examples/s", stderr
     )
     assert steps, stderr[-2000:]
-    assert {int(epoch) for epoch, _ in steps} >= {1, SPLIT_AT + 1}
+    # Each epoch after one (of this process) longer than PROGRESS_AFTER: here, from the second.
+    assert {int(epoch) for epoch, _ in steps} == set(range(2, SPLIT_AT + 1)) | set(
+        range(SPLIT_AT + 2, len(feature_runs["split"].history["epochs"]) + 1)
+    )
     assert {int(done) for _, done in steps} >= {12}
