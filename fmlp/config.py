@@ -154,7 +154,8 @@ class PlateauConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(_Section):
-    """The optax optimizer, its learning-rate schedule (per epoch) and gradient clipping."""
+    """The optax optimizer, its weight decay, learning-rate schedule (per epoch; a plateau's
+    in ``plateau``) and gradient clipping."""
 
     _prefix: ClassVar[str] = "optimizer."
 
@@ -192,7 +193,8 @@ class EarlyStoppingConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Section):
-    """The training loop: epochs, mini-batch size, seed, gradient backend, checkpoints."""
+    """The training loop: epochs, mini-batch size and accumulation, seed, gradient backend,
+    checkpoints, parity checks, early stopping and which epoch's params are tested."""
 
     _prefix: ClassVar[str] = "train."
 
