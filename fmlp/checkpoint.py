@@ -57,11 +57,20 @@ class Checkpointer:
         self.best = _manager(
             root / "best", max_to_keep=1, best_fn=lambda m: m["metric"], best_mode=best_mode
         )
-        self.better = (lambda a, b: a > b) if best_mode == "max" else (lambda a, b: a < b)
-        self.best_metric: float | None = None  # known once this process saved a best one
 
-    def save(self, epoch: int, state: PyTree, meta: dict[str, Any], metric: float) -> None:
-        """Save ``state`` (a pytree of arrays) and JSON ``meta`` as epoch ``epoch``.
+    def save(
+        self,
+        epoch: int,
+        state: PyTree,
+        meta: dict[str, Any],
+        metric: float,
+        *,
+        latest: bool = True,
+        best: bool = True,
+    ) -> None:
+        """Save ``state`` (a pytree of arrays) and JSON ``meta`` as epoch ``epoch``, into
+        ``best`` (with its validation ``metric``; first, so that a ``latest`` checkpoint
+        never names a best epoch that ``best`` lacks) and into ``latest``, as asked.
 
         Raises:
           fmlp.errors.StorageError: the disk is full or read-only; the checkpoints saved
@@ -70,13 +79,10 @@ class Checkpointer:
         host = parallel.fetch(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         try:
-            self.latest.save(epoch, args=args, force=True)
-            # Orbax would write every epoch and then delete the worse one; skip a known worse.
-            known_worse = self.best_metric is not None and not self.better(metric, self.best_metric)
-            if not known_worse and epoch not in self.best.all_steps():
+            if best and epoch not in self.best.all_steps():  # there: this run's same epoch
                 self.best.save(epoch, args=args, metrics={"metric": float(metric)}, force=True)
-                if self.best_metric is None or self.better(metric, self.best_metric):
-                    self.best_metric = float(metric)
+            if latest:
+                self.latest.save(epoch, args=args, force=True)
         except Exception as err:  # orbax and tensorstore wrap the OSError in their own types
             if not (isinstance(err, OSError) or _STORAGE_FAULTS.search(str(err))):
                 raise

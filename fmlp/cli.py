@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=3")
     p.add_argument("--out", help="run directory to create (default: run.out_dir/<name>-<time>)")
     p.add_argument("--resume", help="run directory to continue from its latest checkpoint")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (with --resume: the one the resume would train) as "
+        "YAML and exit without training",
+    )
     p = sub.add_parser(
         "sweep",
         help="train every member of a grid (x seeds) together; rank them, keep each as a run",
@@ -149,6 +155,12 @@ def _positive(text: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int | None:
+    if args.print_config:
+        cfg = config.resolve(args.config, args.overrides)
+        if args.resume is not None:
+            cfg = run.RunDir(args.resume).resumed_config(cfg)
+        print(config.dumps(cfg), end="")
+        return None
     if os.environ.get(_SUPERVISED) is None and (
         config.resolve(args.config, args.overrides).distributed.enabled
     ):

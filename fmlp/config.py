@@ -138,8 +138,24 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class PlateauConfig(_Section):
+    """``optimizer.schedule: plateau``: the rate is scaled by ``factor`` whenever the
+    validation loss has not improved for ``patience`` epochs (optax's ``reduce_on_plateau``)."""
+
+    _prefix: ClassVar[str] = "optimizer.plateau."
+
+    factor: float = _field(0.5, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)
+    patience: int = _field(2, min=1, limit=MAX_EPOCHS)
+    # epochs after a reduction before the next patience count starts
+    cooldown: int = _field(0, min=0, limit=MAX_EPOCHS)
+    # the scale never drops below this fraction of the rate
+    min_scale: float = _field(0.0, min=0.0, max=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerConfig(_Section):
-    """The optax optimizer, its learning-rate schedule (per epoch) and gradient clipping."""
+    """The optax optimizer, its weight decay, learning-rate schedule (per epoch; a plateau's
+    in ``plateau``) and gradient clipping."""
 
     _prefix: ClassVar[str] = "optimizer."
 
@@ -147,23 +163,45 @@ class OptimizerConfig(_Section):
     learning_rate: float = _field(0.05, min=0.0, min_exclusive=True)
     momentum: float = _field(0.9, min=0.0, max=1.0, max_exclusive=True)
     nesterov: bool = _field(False)
+    # adam and adamw: the moments' decay rates and the denominator's epsilon
+    b1: float = _field(0.9, min=0.0, max=1.0, max_exclusive=True)
+    b2: float = _field(0.999, min=0.0, max=1.0, max_exclusive=True)
+    eps: float = _field(1e-8, min=0.0, min_exclusive=True)
     weight_decay: float = _field(0.0, min=0.0)
+    # false: weight decay skips every parameter but the weight matrices W (biases, norm scales)
+    decay_biases: bool = _field(False)
     schedule: str = _field(
-        "constant", choices=("constant", "cosine", "warmup_cosine", "exponential")
+        "constant", choices=("constant", "cosine", "warmup_cosine", "exponential", "plateau")
     )
+    # warmup_cosine and plateau: epochs of linear warm-up from 0
     warmup_epochs: int = _field(0, min=0, limit=MAX_EPOCHS)
     decay_rate: float = _field(0.9, min=0.0, max=1.0, min_exclusive=True)
+    plateau: PlateauConfig = dataclasses.field(default_factory=PlateauConfig)
     clip_norm: float | None = _field(None, min=0.0, min_exclusive=True)
 
 
 @dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig(_Section):
+    """``train.early_stopping``: stop once the validation metric (accuracy; the loss for
+    regression) has not improved by more than ``min_delta`` for ``patience`` epochs."""
+
+    _prefix: ClassVar[str] = "train.early_stopping."
+
+    patience: int | None = _field(None, min=1, limit=MAX_EPOCHS)  # null: no early stopping
+    min_delta: float = _field(0.0, min=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(_Section):
-    """The training loop: epochs, mini-batch size, seed, gradient backend, checkpoints."""
+    """The training loop: epochs, mini-batch size and accumulation, seed, gradient backend,
+    checkpoints, parity checks, early stopping and which epoch's params are tested."""
 
     _prefix: ClassVar[str] = "train."
 
     epochs: int = _field(20, min=1, limit=MAX_EPOCHS)
     batch_size: int = _field(128, min=1, limit=MAX_EXAMPLES)  # the lecture's mini-batch of 128
+    # mini-batches whose mean gradient makes one optimizer step (optax.MultiSteps)
+    accumulate: int = _field(1, min=1, limit=MAX_EXAMPLES)
     seed: int = _field(0, min=0, max=2**32, max_exclusive=True)  # a uint32, as JAX's keys take
     gradients: str = _field("engine", choices=("engine", "jax"))
     # mini-batch steps per iteration of the epoch's loop
@@ -176,6 +214,9 @@ class TrainConfig(_Section):
     # epochs between parity checks
     check_gradients_every: int | None = _field(None, min=1, limit=MAX_EPOCHS)
     gradient_tolerance: float = _field(1e-4, min=0.0, min_exclusive=True)
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    # true: the test split is evaluated on the best validation epoch's params, not the last's
+    restore_best: bool = _field(False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,13 +262,17 @@ class DistributedConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig(_Section):
-    """Where and how a run reports: its name, output directory and progress display."""
+    """Where and how a run reports: its name, output directory, progress display, TensorBoard."""
 
     _prefix: ClassVar[str] = "run."
 
     name: str | None = _field(None, pattern=_NAME)
     out_dir: str = _field("runs", pattern=_PATH)
     progress: str = _field("auto", choices=("auto", "always", "never"))
+    # TensorBoard events under tensorboard/: scalars per epoch, the config as hparams
+    tensorboard: bool = _field(False)
+    # epochs between histograms of each layer's weights and gradients; null: none
+    histogram_every: int | None = _field(1, min=1, limit=MAX_EPOCHS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +319,20 @@ class Config(_Section):
                 f"distributed.num_processes={dist.num_processes}; ids run 0..num_processes-1"
             )
         opt = self.optimizer
+        watching = [
+            key
+            for key, on in (
+                ("train.early_stopping.patience", self.train.early_stopping.patience is not None),
+                ("optimizer.schedule=plateau", opt.schedule == "plateau"),
+            )
+            if on
+        ]
+        if watching and self.data.validation_fraction == 0:
+            raise ConfigError(
+                f"data.validation_fraction: {' and '.join(watching)} "
+                f"need{'s' * (len(watching) == 1)} a validation split, but "
+                "data.validation_fraction=0 holds none out; set it > 0"
+            )
         if opt.schedule == "warmup_cosine" and opt.warmup_epochs >= self.train.epochs:
             raise ConfigError(
                 f"optimizer.warmup_epochs must be < train.epochs when "
@@ -321,7 +380,7 @@ def _describe(tp: Any) -> str:
         (item,) = typing.get_args(tp)
         return f"a list of {_TYPE_NAMES[item].split(' ')[0]}s"
     if dataclasses.is_dataclass(tp):
-        return f"a {tp.__name__} or a mapping"
+        return f"{'an' if tp.__name__[0] in 'AEIOU' else 'a'} {tp.__name__} or a mapping"
     name = _TYPE_NAMES[tp]
     return ("an " if name[0] in "aeiou" else "a ") + name
 

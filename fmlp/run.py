@@ -9,9 +9,12 @@ nothing else reads or writes its files:
   scikit-learn's sets): the feature names in order, the categories of one-hot columns, the
   label and the class names (:class:`fmlp.tables.Preprocessing`);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``val_loss``,
-  ``val_accuracy`` or ``val_mse``, ``learning_rate``, ``seconds``, ``gradient_check``);
-- ``summary.json``: the final test metrics, speed and device; ``eval_<split>.json``;
-- ``checkpoints/`` (orbax, :mod:`fmlp.checkpoint`) and ``plots/``.
+  ``val_accuracy`` or ``val_mse``, ``learning_rate``, ``seconds``, ``gradient_check``), and
+  ``metrics.csv``: the same rows (``gradient_check``: the largest relative error);
+- ``summary.json``: the final test metrics, the best and stopping epochs, speed, device and
+  provenance (versions, the config's hash); ``eval_<split>.json``;
+- ``checkpoints/`` (orbax, :mod:`fmlp.checkpoint`), ``plots/`` and, with ``run.tensorboard``,
+  ``tensorboard/`` (event files).
 
 :func:`fit` reads top to bottom as the run does: :func:`set_up`, :func:`compile_programs`,
 :func:`train_loop` (one small hook per per-epoch behaviour), :func:`finish`.
@@ -20,14 +23,19 @@ nothing else reads or writes its files:
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import errno
 import fcntl
+import functools
+import hashlib
+import importlib.metadata
 import io
 import itertools
 import json
 import math
 import os
+import platform
 import reprlib
 import shutil
 import signal
@@ -45,7 +53,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fmlp import checkpoint, config, data, nn, parallel, tables, train, viz
 from fmlp.errors import (
@@ -81,6 +88,7 @@ class RunDir:
     CONFIG, MODEL, NORMALIZER = "config.yaml", "model.json", "normalizer.npz"
     METRICS, SUMMARY, PLOTS, LOCK = "metrics.jsonl", "summary.json", "plots", ".lock"
     CHECKPOINTS, PREPROCESSING = "checkpoints", "preprocessing.json"
+    METRICS_CSV, TENSORBOARD = "metrics.csv", "tensorboard"
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
@@ -128,8 +136,18 @@ class RunDir:
         (staging / self.PLOTS).mkdir(parents=True)
         return staging
 
-    def create(self, staging: Path, cfg: config.Config, net: nn.MLP, ds: data.Dataset) -> None:
-        """Write what a run starts with into ``staging``, rename it to ``path``, lock it."""
+    def create(
+        self,
+        staging: Path,
+        cfg: config.Config,
+        net: nn.MLP,
+        ds: data.Dataset,
+        columns: Sequence[str],
+    ) -> None:
+        """Write what a run starts with into ``staging``, rename it to ``path``, lock it.
+
+        ``columns``: the header of ``metrics.csv``.
+        """
         staged = RunDir(staging)
         staged.write_config(cfg)
         info = {"sizes": list(net.sizes), "num_classes": ds.num_classes}
@@ -140,7 +158,7 @@ class RunDir:
             staged._write(self.NORMALIZER, buffer.getvalue())
         if ds.preprocessing is not None:
             staged._write(self.PREPROCESSING, ds.preprocessing.to_json().encode())
-        staged._write(self.METRICS, b"")
+        staged.write_history([], columns)
         try:
             staging.rename(self.path)  # replaces an empty directory, never a full one
         except OSError as err:
@@ -351,20 +369,40 @@ class RunDir:
             rows.append(row)
         return [row for row in rows if row["epoch"] <= upto]
 
-    def write_history(self, rows: list[dict[str, Any]]) -> None:
-        """Replace ``metrics.jsonl`` with ``rows``."""
+    def write_history(self, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+        """Replace ``metrics.jsonl`` and ``metrics.csv`` (header ``columns``) with ``rows``."""
         self._write(self.METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        self._write(self.METRICS_CSV, _csv_lines(rows, columns, header=True))
 
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        """Add one epoch's line to ``metrics.jsonl``, whole, and flush it to disk."""
-        with (self.path / self.METRICS).open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def append_metrics(self, row: dict[str, Any], columns: Sequence[str]) -> None:
+        """Add one epoch's line to ``metrics.jsonl`` and ``metrics.csv``, whole, and flush
+        both to disk."""
+        for name, line in (
+            (self.METRICS, (json.dumps(row) + "\n").encode()),
+            (self.METRICS_CSV, _csv_lines([row], columns)),
+        ):
+            with (self.path / name).open("ab") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json``."""
         self._write(self.SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json`` as written, or None if it is missing or damaged."""
+        try:
+            return json.loads((self.path / self.SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def tensorboard(self, *, purge_step: int) -> Any:
+        """A tensorboardX ``SummaryWriter`` on ``tensorboard/``; events of steps from
+        ``purge_step`` on in earlier files (an interrupted run's) are hidden by TensorBoard."""
+        from tensorboardX import SummaryWriter  # here: only runs that write events need it
+
+        return SummaryWriter(logdir=str(self.path / self.TENSORBOARD), purge_step=purge_step)
 
     def write_eval(self, split: str, report: dict[str, Any]) -> None:
         """Write ``eval_<split>.json``."""
@@ -413,6 +451,23 @@ def replace_file(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _csv_lines(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, header: bool = False
+) -> bytes:
+    """``rows`` as CSV lines of ``columns`` (after the header line with ``header``): a missing
+    or null value is an empty field, a mapping (``gradient_check``) its largest value."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(columns)
+    for row in rows:
+        values = [row.get(column) for column in columns]
+        writer.writerow(
+            ["" if v is None else max(v.values()) if isinstance(v, dict) else v for v in values]
+        )
+    return buffer.getvalue().encode()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -490,6 +545,30 @@ def _arrays_overrides(train: Any, test: Any) -> list[str]:
 
 
 @dataclasses.dataclass
+class Best:
+    """The best value so far of the metric a run watches, and the epochs since it improved.
+
+    An epoch improves on the best when it beats it by more than ``min_delta``
+    (``train.early_stopping.min_delta``); the first epoch always does.
+    """
+
+    mode: str  # "max" or "min"
+    min_delta: float
+    epoch: int | None = None
+    value: float | None = None
+    stale: int = 0  # epochs since the best one
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Take ``epoch``'s value; return whether it is the new best."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        if self.value is None or sign * (value - self.value) > self.min_delta:
+            self.epoch, self.value, self.stale = epoch, value, 0
+            return True
+        self.stale += 1
+        return False
+
+
+@dataclasses.dataclass
 class Run:
     """What the steps of :func:`fit` share: the config, directory, data, model and state."""
 
@@ -497,8 +576,7 @@ class Run:
     dir: RunDir
     dataset: data.Dataset
     net: nn.MLP
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
+    optimizer: train.Optimizer
     layout: parallel.Layout
     state: train.TrainState
     arrays: tuple[Array, Array, Array, Array]  # x, y, x_val, y_val on the devices
@@ -506,19 +584,55 @@ class Run:
     history: list[dict[str, Any]]
     main: bool  # this process writes the files
     has_val: bool
+    best: Best  # of the watched metric (:attr:`watched`), over the history
+    stopped: int | None = None  # the epoch early stopping ended the run at
 
     @property
     def metric(self) -> str:
         return train.metric_name(self.net)
+
+    @property
+    def watched(self) -> str:
+        """The metrics row's key that picks the best epoch and stops early."""
+        return _watched(self.net, self.has_val)
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of ``metrics.csv``."""
+        return _columns(self.cfg, self.metric)
+
+
+def _watched(net: nn.MLP, has_val: bool) -> str:
+    """``val_accuracy`` for classification, ``val_loss`` for regression; ``train_loss``
+    without a validation split."""
+    if not has_val:
+        return "train_loss"
+    return "val_accuracy" if train.metric_name(net) == "accuracy" else "val_loss"
+
+
+def _columns(cfg: config.Config, metric: str) -> list[str]:
+    names = ["epoch", "train_loss", "val_loss", f"val_{metric}", "learning_rate", "seconds"]
+    return names + ["gradient_check"] * (cfg.train.check_gradients_every is not None)
+
+
+def _replay(history: Sequence[dict[str, Any]], watched: str, cfg: config.Config) -> Best:
+    """The :class:`Best` of a logged history, as the run tracked it."""
+    best = Best("max" if watched == "val_accuracy" else "min", cfg.train.early_stopping.min_delta)
+    for row in history:
+        best.update(row["epoch"], row[watched])
+    return best
 
 
 class Programs(NamedTuple):
     """The run's compiled programs."""
 
     epoch: Any
+    progress_epoch: Callable[[], Any] | None  # the epoch reporting its steps, compiled on call
     evaluate_val: Any
-    learning_rate: Any  # step count -> the rate of the last step taken
+    learning_rate: Any  # state -> the rate of the last step taken
     check_gradients: Any | None  # None: train.check_gradients_every is off
+    gradients: Any | None  # for TensorBoard's histograms; None: none asked for
+    plateau: Any | None  # (state, validation loss) -> state; None: no plateau schedule
     compile_seconds: float
 
 
@@ -550,7 +664,8 @@ def fit(
       overrides: dotted ``section.key=value`` overrides.
       out: the run directory (default ``run.out_dir/<name>-<timestamp>``); must not hold a run.
       resume: a run directory to continue from its latest complete checkpoint; the result is
-        bitwise identical (on CPU) to the uninterrupted run.
+        bitwise identical (on CPU) to the uninterrupted run. A run that early stopping ended
+        is not trained on: a warning says so and its results are returned.
       train: ``(x, y)`` to train on instead of the config's data: numpy arrays or pandas
         objects (a frame's column names become the feature names; ``data.categorical`` and
         ``data.features`` name its columns). The run's config gets ``data.name: arrays``;
@@ -559,9 +674,10 @@ def fit(
       test: ``(x, y)`` of the test split; ``None`` holds out a stratified part of ``train``.
 
     Returns:
-      ``(state, history)``: the final :class:`~fmlp.train.TrainState` and a dict with
-      ``epochs`` (one metrics dict per epoch), ``summary`` (as in ``summary.json``) and
-      ``run_dir``.
+      ``(state, history)``: the final :class:`~fmlp.train.TrainState` (with
+      ``train.restore_best``, the best epoch's, whose params the test split was evaluated
+      on) and a dict with ``epochs`` (one metrics dict per epoch), ``summary`` (as in
+      ``summary.json``) and ``run_dir``.
 
     Raises:
       fmlp.errors.InputError: bad config, data or run directory; nothing saved is touched.
@@ -576,15 +692,26 @@ def fit(
             source, overrides, out=out, resume=resume, signals=signals, arrays=(train, test)
         )
         try:
-            programs = compile_programs(run)
-            signals.check(run)
-            bar = _ProgressBar(run)
-            hooks = [stop_if_diverged, log_metrics, check_parity, save_checkpoint, bar.hook]
+            if run.stopped is not None and (summary := run.dir.read_summary()) is not None:
+                # resumed after early stopping ended it (and finished): nothing to train
+                history = {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
+                return _tested_state(run), history
+            bar, board = _ProgressBar(run), _TensorBoard(run)
             try:
+                programs = compile_programs(run, progress=bar.steps_done if bar.in_epoch else None)
+                signals.check(run)
+                hooks = [
+                    stop_if_diverged, log_metrics, check_parity, stop_early, save_checkpoint,
+                    board.hook, bar.hook,
+                ]  # fmt: skip
+                bar.begin()
                 trained = train_loop(run, programs, [*hooks, signals.check])
+                state, history = finish(run, programs.compile_seconds, trained)
+                board.hparams(run, history["summary"])
+                return state, history
             finally:
                 bar.close()
-            return finish(run, programs, trained)
+                board.close()
         finally:
             run.ckpt.close()
             run.dir.unlock()
@@ -643,26 +770,27 @@ def set_up(
             cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs
         )
         train.check_model_fits(net, batch_size=tc.batch_size)
-        steps_per_epoch = math.ceil(len(dataset.x_train) / tc.batch_size)
-        tx, schedule = train.make_optimizer(
-            cfg.optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
-        )
-        state = train.init_state(net, tx, seed=tc.seed)
-        layout = parallel.layout(cfg.parallel, state, tx, batch_size=tc.batch_size)
+        optimizer = train.make_optimizer(
+            cfg.optimizer, steps_per_epoch=math.ceil(n / tc.batch_size), epochs=tc.epochs,
+            accumulate=tc.accumulate,
+        )  # fmt: skip
+        state = train.init_state(net, optimizer.tx, seed=tc.seed)
+        layout = parallel.layout(cfg.parallel, state, optimizer.tx, batch_size=tc.batch_size)
+        has_val = len(dataset.x_val) > 0
+        watched, columns = _watched(net, has_val), _columns(cfg, train.metric_name(net))
         if resume is not None:
             run_dir.require_same_data(cfg, dataset, flag="--resume")
-            ckpt, state, history = _resume(run_dir, cfg, net, state, main)
+            ckpt, state, history = _resume(run_dir, cfg, net, state, main, watched, columns)
         else:
             if main:
-                _storage(lambda: run_dir.create(staging, cfg, net, dataset), run_dir.path)
+                _storage(lambda: run_dir.create(staging, cfg, net, dataset, columns), run_dir.path)
             parallel.barrier("fmlp: run directory created")  # before the others open it
-            ckpt, history = run_dir.checkpointer(**_checkpoint_options(cfg, net)), []
+            ckpt, history = run_dir.checkpointer(**_checkpoint_options(cfg, watched)), []
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         run_dir.unlock()
         raise
-    has_val = len(dataset.x_val) > 0
     if shared is not None and data_key in shared:
         arrays = shared[data_key][1]
     else:
@@ -670,22 +798,46 @@ def set_up(
         arrays = layout.put_replicated((dataset.x_train, dataset.y_train, *val))
         if shared is not None:
             shared[data_key] = (dataset, arrays)
-    return Run(
-        cfg, run_dir, dataset, net, tx, schedule, layout, layout.put_state(state), arrays,
-        ckpt, history, main, has_val,
+    best = _replay(history, watched, cfg)
+    run = Run(
+        cfg, run_dir, dataset, net, optimizer, layout, layout.put_state(state), arrays,
+        ckpt, history, main, has_val, best, _stopped(cfg, history, best),
     )  # fmt: skip
+    if run.stopped is not None:
+        _warn(
+            f"--resume {run_dir}: early stopping ended this run at epoch {run.stopped} "
+            f"({watched} had not improved for {tc.early_stopping.patience} epochs since epoch "
+            f"{best.epoch}); it is not trained on, and nothing of it is written. To train "
+            "longer, start a new run with a larger train.early_stopping.patience."
+        )
+    return run
 
 
-def _checkpoint_options(cfg: config.Config, net: nn.MLP) -> dict[str, Any]:
-    best_mode = "max" if net.head.task == "classification" else "min"
+def _checkpoint_options(cfg: config.Config, watched: str) -> dict[str, Any]:
+    best_mode = "max" if watched == "val_accuracy" else "min"
     return {"keep": cfg.train.keep_checkpoints, "best_mode": best_mode}
 
 
+def _stopped(cfg: config.Config, history: Sequence[dict[str, Any]], best: Best) -> int | None:
+    """The epoch early stopping ended a run at (its history's last), or None."""
+    patience = cfg.train.early_stopping.patience
+    if patience is None or not history or best.stale < patience:
+        return None
+    return history[-1]["epoch"]
+
+
 def _resume(
-    run_dir: RunDir, cfg: config.Config, net: nn.MLP, state: train.TrainState, main: bool
+    run_dir: RunDir,
+    cfg: config.Config,
+    net: nn.MLP,
+    state: train.TrainState,
+    main: bool,
+    watched: str,
+    columns: Sequence[str],
 ) -> tuple[checkpoint.Checkpointer, train.TrainState, list[dict[str, Any]]]:
     """Check the run, restore its newest intact checkpoint, then (only then) rewrite its
-    config (the new ``train.epochs``) and cut its metrics back to the restored epoch."""
+    config (the new ``train.epochs``) and cut its metrics back to the restored epoch; unless
+    early stopping had ended it there, which leaves it as it is."""
     saved = run_dir.model(cfg).sizes
     if saved != net.sizes:
         raise RunDirectoryError(
@@ -708,14 +860,14 @@ def _resume(
             f"latest holds no checkpoint, so there is nothing to resume from{hint}. Start "
             "afresh with another --out."
         )
-    ckpt = run_dir.checkpointer(**_checkpoint_options(cfg, net))
+    ckpt = run_dir.checkpointer(**_checkpoint_options(cfg, watched))
     restored = ckpt.restore_newest_intact(state, warn=_warn, move_aside=main)
     if restored is not None:
         state = restored[0]
     history = [row for row in logged if row["epoch"] <= int(state.epoch)]
-    if main:
+    if main and _stopped(cfg, history, _replay(history, watched, cfg)) is None:
         _storage(lambda: run_dir.write_config(cfg), run_dir.path)
-        _storage(lambda: run_dir.write_history(history), run_dir.path)
+        _storage(lambda: run_dir.write_history(history, columns), run_dir.path)
     parallel.barrier("fmlp: run directory resumed")
     return ckpt, state, history
 
@@ -777,57 +929,94 @@ class Signals:
         raise Interrupted(f"stopped by {self.NAMES[self.received]}. {kept}", self.received)
 
 
-def compile_programs(run: Run) -> Programs:
-    """Compile the epoch, the validation pass and (if asked for) the parity check."""
-    tc, (x, y, xv, yv), state = run.cfg.train, run.arrays, run.state
+def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = None) -> Programs:
+    """Compile the epoch, the validation pass, the learning rate and what the config adds:
+    the parity check, the gradients for histograms, the plateau's update.
+
+    ``progress``: the in-epoch progress callback (:func:`fmlp.train.make_epoch`); the epoch
+    that calls it is compiled on first use (:attr:`Programs.progress_epoch`), only once an
+    epoch has run longer than :data:`PROGRESS_AFTER` seconds.
+    """
+    tc, (x, y, xv, yv), state, layout = run.cfg.train, run.arrays, run.state, run.layout
     n = len(x)
     start = time.perf_counter()
-    epoch = train.make_epoch(
-        run.net.loss, run.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
-        unroll=tc.unroll, layout=run.layout,
-        permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
-    ).lower(state, x, y).compile()  # fmt: skip
+
+    def compiled_epoch(progress: Callable[[Any, Any], None] | None) -> Any:
+        return train.make_epoch(
+            run.net.loss, run.optimizer.tx, n=n, batch_size=tc.batch_size,
+            gradients=tc.gradients, unroll=tc.unroll, layout=layout,
+            permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
+            progress=progress,
+            progress_every=max(1, math.ceil(n / tc.batch_size) // PROGRESS_UPDATES),
+        ).lower(state, x, y).compile()  # fmt: skip
+
+    epoch = compiled_epoch(None)
+    progress_epoch = None if progress is None else functools.cache(lambda: compiled_epoch(progress))
     evaluate = (
-        train.make_evaluate(run.net, n=len(xv), batch_size=tc.eval_batch_size, layout=run.layout)
+        train.make_evaluate(run.net, n=len(xv), batch_size=tc.eval_batch_size, layout=layout)
         .lower(state.params, xv, yv)
         .compile()
     )
-    with train.optax_dtypes():  # a global array on every process, like the others
-        learning_rate = (
-            jax.jit(lambda step: run.schedule(step - 1), out_shardings=run.layout.replicated)
-            .lower(state.step)
-            .compile()
-        )
-    check = None
+    learning_rate = (  # a global array on every process, like the others
+        jax.jit(run.optimizer.learning_rate, out_shardings=layout.replicated).lower(state).compile()
+    )
+    check = gradients = plateau = None
+    batch = {"n": n, "batch_size": tc.batch_size, "layout": layout}
+    on_batch = (state.params, x, y, state.key)
     if tc.check_gradients_every is not None:
-        check = (
-            train.make_gradient_check(
-                run.net.loss, n=n, batch_size=tc.batch_size, layout=run.layout
-            )
-            .lower(state.params, x, y, state.key)
-            .compile()
+        check = train.make_gradient_check(run.net.loss, **batch).lower(*on_batch).compile()
+    if run.cfg.run.tensorboard and run.cfg.run.histogram_every is not None:
+        gradients = train.make_gradients(run.net.loss, **batch).lower(*on_batch).compile()
+    if run.optimizer.plateau is not None:
+        loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=layout.replicated)
+        plateau = (
+            jax.jit(run.optimizer.plateau, out_shardings=layout.state).lower(state, loss).compile()
         )
-    return Programs(epoch, evaluate, learning_rate, check, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Programs(
+        epoch, progress_epoch, evaluate, learning_rate, check, gradients, plateau, seconds
+    )
+
+
+PROGRESS_UPDATES = 10
+"""How often per epoch the compiled epoch reports its steps to the progress bar."""
+
+PROGRESS_AFTER = 1.0
+"""Seconds an epoch must have taken before the next ones report their steps: each report
+stops the compiled loop for a host callback (about 0.1 ms on the idle 2-core CPU, several
+under load), which a short epoch need not pay."""
 
 
 def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[float]:
     """Train the remaining epochs, calling every hook after each; return each one's seconds.
 
-    One host round trip per epoch: the loss, the validation metrics, the learning rate and
-    the parity check come back in one fetch.
+    One host round trip per epoch: the loss, the validation metrics, the learning rate, the
+    parity check and the histograms' arrays come back in one fetch; the plateau's update
+    (fed the validation loss) runs on the device before it. Ends early once a hook sets
+    ``run.stopped`` (early stopping).
     """
-    (x, y, xv, yv), tc, seconds = run.arrays, run.cfg.train, []
+    (x, y, xv, yv), tc, rc, seconds = run.arrays, run.cfg.train, run.cfg.run, []
     first = epoch = int(run.state.epoch) + 1
     try:
         for epoch in range(first, tc.epochs + 1):
+            if run.stopped is not None:
+                break
+            long = bool(seconds) and seconds[-1] > PROGRESS_AFTER
+            reports = programs.progress_epoch is not None and long
+            program = programs.progress_epoch() if reports else programs.epoch  # compiled once
             start = time.perf_counter()
-            run.state, train_loss = programs.epoch(run.state, x, y)
+            run.state, train_loss = program(run.state, x, y)
             device = {"train_loss": train_loss, **programs.evaluate_val(run.state.params, xv, yv)}
             if programs.check_gradients is not None and epoch % tc.check_gradients_every == 0:
                 device["gradient_check"] = programs.check_gradients(
                     run.state.params, x, y, run.state.key
                 )
-            device["lr"] = programs.learning_rate(run.state.step)
+            if programs.gradients is not None and epoch % rc.histogram_every == 0:
+                device["weights"] = run.state.params
+                device["gradients"] = programs.gradients(run.state.params, x, y, run.state.key)
+            device["lr"] = programs.learning_rate(run.state)
+            if programs.plateau is not None:
+                run.state = programs.plateau(run.state, device["loss"])
             host = run.layout.fetch(device)
             elapsed = time.perf_counter() - start
             seconds.append(elapsed)
@@ -846,34 +1035,50 @@ def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[floa
 
 
 def finish(
-    run: Run, programs: Programs, seconds: Sequence[float]
+    run: Run, compile_seconds: float, seconds: Sequence[float]
 ) -> tuple[train.TrainState, dict[str, Any]]:
-    """Evaluate the test split, write ``summary.json`` and the plots; fit's return value.
+    """Evaluate the test split (on the best epoch's params with ``train.restore_best``), write
+    ``summary.json`` and the plots; fit's return value.
 
     ``seconds``: the wall time of each epoch this call trained.
     """
-    test = evaluate_split(run.cfg, run.dataset, run.state.params, "test", layout=run.layout)
+    state = _tested_state(run)
+    test = evaluate_split(run.cfg, run.dataset, state.params, "test", layout=run.layout)
     total = sum(seconds)
     summary = {
         "test_loss": test["loss"],
         f"test_{run.metric}": test[run.metric],
         "epochs": int(run.state.epoch),
+        "best_epoch": run.best.epoch,
+        "stopped_epoch": run.stopped,
+        "tested_epoch": int(state.epoch),
         "examples_per_second": len(run.arrays[0]) * len(seconds) / total if total else None,
-        "compile_seconds": programs.compile_seconds,
+        "compile_seconds": compile_seconds,
         "train_seconds": total,
         "device": str(jax.devices()[0].device_kind),
+        "device_count": jax.device_count(),
         "platform": jax.devices()[0].platform,
         "devices": run.layout.size,
         "processes": jax.process_count(),
         "precision": run.cfg.precision,
         "fmlp_version": _version(),
+        "versions": _versions(),
+        "config_sha256": hashlib.sha256(config.dumps(run.cfg).encode()).hexdigest(),
         "run_dir": str(run.dir),
     }
     if run.main:
         run.dir.write_summary(summary)
         labels = run.dir.class_names(run.cfg, run.net)
         _plots(run.dir, run.history, run.metric, test.get("confusion"), "test", labels)
-    return run.state, {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
+    return state, {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
+
+
+def _tested_state(run: Run) -> train.TrainState:
+    """The state whose params the test split is evaluated on: the best epoch's (restored
+    from ``checkpoints/best``) with ``train.restore_best``, else the last one's."""
+    if run.cfg.train.restore_best and run.best.epoch not in (None, int(run.state.epoch)):
+        return run.layout.put_state(run.ckpt.restore(run.state, best=True)[0])
+    return run.state
 
 
 # ----------------------------------------------------------------------------- epoch hooks
@@ -908,13 +1113,13 @@ def stop_if_diverged(run: Run, result: EpochResult) -> None:
 
 
 def log_metrics(run: Run, result: EpochResult) -> None:
-    """Append the epoch's row to the history and to ``metrics.jsonl``."""
+    """Append the epoch's row to the history, ``metrics.jsonl`` and ``metrics.csv``."""
     run.history.append(result.row)
     if run.main:
         with _saving(
             run, f"the metrics of epoch {result.number} to {run.dir.path / RunDir.METRICS}"
         ):
-            run.dir.append_metrics(result.row)
+            run.dir.append_metrics(result.row, run.columns)
 
 
 def check_parity(run: Run, result: EpochResult) -> None:
@@ -923,13 +1128,25 @@ def check_parity(run: Run, result: EpochResult) -> None:
     train.check_parity(result.row.get("gradient_check"), tc.gradient_tolerance, result.number)
 
 
+def stop_early(run: Run, result: EpochResult) -> None:
+    """Track the best epoch of the watched metric; with ``train.early_stopping``, end the run
+    once it has not improved for ``patience`` epochs."""
+    run.best.update(result.number, result.row[run.watched])
+    patience = run.cfg.train.early_stopping.patience
+    if patience is not None and run.best.stale >= patience:
+        run.stopped = result.number
+
+
 def save_checkpoint(run: Run, result: EpochResult) -> None:
-    """Checkpoint every ``train.checkpoint_every`` epochs and after the last one."""
-    tc = run.cfg.train
-    if result.number % tc.checkpoint_every == 0 or result.number == tc.epochs:
-        epoch = result.number
+    """Checkpoint into ``best`` each epoch that is the new best, and into ``latest`` every
+    ``train.checkpoint_every`` epochs and after the last one (early stopping's included)."""
+    tc, epoch = run.cfg.train, result.number
+    best = run.best.epoch == epoch
+    latest = epoch % tc.checkpoint_every == 0 or epoch == tc.epochs or run.stopped == epoch
+    if best or latest:
         with _saving(run, f"the checkpoint of epoch {epoch}"):
-            run.ckpt.save(epoch, run.state, {"epoch": epoch}, result.host[run.metric])
+            metric = result.row[run.watched]
+            run.ckpt.save(epoch, run.state, {"epoch": epoch}, metric, latest=latest, best=best)
 
 
 @contextlib.contextmanager
@@ -946,24 +1163,114 @@ def _saving(run: Run, what: str) -> Iterator[None]:
 
 
 class _ProgressBar:
-    """A tqdm bar over epochs (process 0 only); its :meth:`hook` advances it."""
+    """A tqdm bar over epochs (process 0 only; its :meth:`hook` advances it) and, in epochs
+    after one longer than :data:`PROGRESS_AFTER` seconds, a bar over the epoch's mini-batch
+    steps with the running loss and examples/s, which the compiled epoch advances
+    (:meth:`steps_done`, its host callback) while it runs."""
 
     def __init__(self, run: Run) -> None:
         from tqdm.auto import tqdm  # here: only runs that show progress pay for the import
 
         show = {"always": True, "never": False, "auto": sys.stderr.isatty()}[run.cfg.run.progress]
+        self.tqdm, self.shown = tqdm, show and run.main  # one bar per run, not one per host
+        # One process only: the callback would differ between the processes' programs.
+        self.in_epoch = self.shown and jax.process_count() == 1
         self.bar = tqdm(
             total=run.cfg.train.epochs, initial=int(run.state.epoch), unit="epoch", desc="train",
-            disable=not (show and run.main),  # one bar per run, not one per host
+            disable=not self.shown,
         )  # fmt: skip
+        self.n, self.batch_size = len(run.arrays[0]), run.cfg.train.batch_size
+        self.steps = math.ceil(self.n / self.batch_size)
+        self.lock = threading.Lock()  # the callback runs on a thread of the runtime
+        self.inner: Any = None
+        self.begin()
+
+    def begin(self) -> None:
+        """Mark the start of an epoch (the first: right before the loop starts)."""
+        self.started = self.drawn = time.perf_counter()
+
+    def steps_done(self, done: np.ndarray, loss_sum: np.ndarray) -> None:
+        """The compiled epoch's callback: ``done`` steps so far, their examples' loss sum."""
+        with self.lock:
+            now = time.perf_counter()
+            if self.inner is None:
+                self.inner = self.tqdm(
+                    total=self.steps, unit="step", leave=False, desc=f"epoch {self.bar.n + 1}"
+                )
+            if now - self.drawn < self.inner.mininterval and int(done) < self.steps:
+                return  # tqdm would not draw it: skip the formatting too
+            self.drawn = now
+            seen = min(int(done) * self.batch_size, self.n)
+            self.inner.set_postfix_str(
+                f"loss {float(loss_sum) / seen:.4f}, {seen / (now - self.started):,.0f} examples/s",
+                refresh=False,  # drawn by update, at most every tqdm's mininterval
+            )
+            self.inner.update(int(done) - self.inner.n)  # a repeated call moves nothing
+            if int(done) == self.steps:
+                self.inner.refresh()  # the epoch's last figures, however soon they come
 
     def hook(self, run: Run, result: EpochResult) -> None:
-        self.bar.update(1)
-        loss, metric = result.host["train_loss"], result.host[run.metric]
-        self.bar.set_postfix_str(f"loss {loss:.4f} val_{run.metric} {metric:.4f}")
+        with self.lock:
+            if self.inner is not None:
+                self.inner.close()
+                self.inner = None
+            self.bar.update(1)
+            loss, metric = result.host["train_loss"], result.host[run.metric]
+            self.bar.set_postfix_str(f"loss {loss:.4f} val_{run.metric} {metric:.4f}")
+            self.begin()  # the next epoch starts now
 
     def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
         self.bar.close()
+
+
+class _TensorBoard:
+    """With ``run.tensorboard`` (process 0 only): TensorBoard events under ``tensorboard/``,
+    written by tensorboardX: each epoch's metrics as scalars, every ``run.histogram_every``
+    epochs a histogram of each layer's weights and gradients, and at the end the config as
+    hparams with the final test metrics."""
+
+    def __init__(self, run: Run) -> None:
+        self.writer = None
+        if run.cfg.run.tensorboard and run.main:
+            self.writer = run.dir.tensorboard(purge_step=int(run.state.epoch) + 1)
+
+    def hook(self, run: Run, result: EpochResult) -> None:
+        if self.writer is None:
+            return
+        for key, value in result.row.items():
+            if key != "epoch" and isinstance(value, float):
+                self.writer.add_scalar(key, value, result.number)
+        for kind in ("weights", "gradients"):
+            for path, leaf in jax.tree_util.tree_leaves_with_path(result.host.get(kind, {})):
+                layer, name = path[0].idx, path[-1].key
+                self.writer.add_histogram(f"{kind}/layer{layer}/{name}", leaf, result.number)
+        self.writer.flush()
+
+    def hparams(self, run: Run, summary: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        flat = _flatten(config.to_dict(run.cfg))
+        metrics = {k: v for k, v in summary.items() if k.startswith("test_") and v is not None}
+        self.writer.add_hparams(flat, metrics, name="hparams", global_step=int(run.state.epoch))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config dict as dotted keys; a list or null as its YAML text."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list) or value is None:
+            flat[prefix + key] = "null" if value is None else json.dumps(value)
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _kept(run: Run, kind: str, advice: str = "") -> str:
@@ -993,6 +1300,23 @@ def _version() -> str:
     from fmlp import __version__
 
     return __version__
+
+
+def _versions() -> dict[str, str | None]:
+    """The versions of Python and of the packages a run's numbers depend on (None: absent)."""
+
+    def installed(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    packages = {"jax": "jax", "jaxlib": "jaxlib", "optax": "optax", "orbax": "orbax-checkpoint"}
+    return (
+        {"python": platform.python_version()}
+        | {name: installed(package) for name, package in packages.items()}
+        | {"fmlp": _version()}
+    )
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -1033,7 +1357,9 @@ def _restore(run_dir: RunDir, cfg: config.Config, *, best: bool) -> nn.Params:
     """The params of the best, or the newest intact, checkpoint; reads only (a damaged newer
     checkpoint is skipped with a warning, not moved)."""
     net = run_dir.model(cfg)
-    tx, _ = train.make_optimizer(cfg.optimizer, steps_per_epoch=1, epochs=cfg.train.epochs)
+    tx = train.make_optimizer(
+        cfg.optimizer, steps_per_epoch=1, epochs=cfg.train.epochs, accumulate=cfg.train.accumulate
+    ).tx
     # Shapes only, no arrays: restore into what init_state would build.
     target = jax.eval_shape(lambda: train.init_state(net, tx, seed=cfg.train.seed))
     ckpt = run_dir.checkpointer()

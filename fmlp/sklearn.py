@@ -50,7 +50,8 @@ The loss of a mini-batch ``B`` with sample weights ``w`` is scikit-learn's::
 
 with ``l_i`` the cross-entropy of example ``i`` (classifier), ``1/2 sum_j (o_ij - t_ij)^2``
 (squared error) or half the Poisson deviance ``sum_j t_ij log(t_ij / o_ij) - t_ij + o_ij`` of
-the rates ``o = exp(s)`` (poisson). Biases are not penalised. A batch whose weights sum to 0 is
+the rates ``o = exp(s)`` (poisson). Biases are not penalised (:func:`fmlp.train.decay_mask`,
+the trainer's weight decay rule too). A batch whose weights sum to 0 is
 skipped. As scikit-learn does, the squared error is reported (``loss_curve_``, ``loss_``, the
 stopping rule, lbfgs's objective value) averaged over the outputs instead of summed, while its
 gradient stays that of the sum. An epoch's loss is the weight-averaged batch loss, so rows of
@@ -198,17 +199,19 @@ def _loss(
       penalty_scale: ``alpha / 2 * inv_total`` (0 for the chunks after the first).
 
     Returns:
-      ``(value, reported)``: ``sum(w l) * inv_total + penalty_scale * sum ||W||^2``, which is
+      ``(value, reported)``: ``sum(w l) * inv_total + penalty_scale * sum ||W||^2`` over the
+      leaves :func:`fmlp.train.decay_mask` marks (the weights ``W``), which is
       differentiated, and the same with the squared error averaged over the outputs, as
       scikit-learn reports it.
     """
     per_example = net.per_example_loss(params, x, y)
     # w and the scales are constants of the differentiated function: plain jnp is fine for them.
     data_loss = gates.multiply(gates.sum(gates.multiply(per_example, w)), inv_total)
-    squares = gates.sum(gates.square(params[0]["W"]))
-    for layer in params[1:]:
-        squares = gates.add(squares, gates.sum(gates.square(layer["W"])))
-    penalty = gates.multiply(squares, penalty_scale)
+    decayed = jax.tree.leaves(train.decay_mask(params))
+    squares = [
+        gates.sum(gates.square(leaf)) for leaf, on in zip(jax.tree.leaves(params), decayed) if on
+    ]
+    penalty = gates.multiply(functools.reduce(gates.add, squares), penalty_scale)
     value = gates.add(data_loss, penalty)
     outputs = net.sizes[-1]
     if net.output == "identity" and outputs > 1:

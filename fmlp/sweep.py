@@ -38,13 +38,7 @@ from fmlp.errors import ConfigError, RunDirectoryError, TrainingDiverged
 
 PathLike = run.PathLike
 
-VECTORIZED: tuple[str, ...] = (
-    "optimizer.learning_rate",
-    "optimizer.weight_decay",
-    "optimizer.momentum",
-    "optimizer.clip_norm",
-    "train.seed",
-)
+VECTORIZED: tuple[str, ...] = (*(f"optimizer.{k}" for k in train.HYPERPARAMETERS), "train.seed")
 """Keys whose values leave shapes and programs unchanged: members differing only in these
 train together in one vectorized program."""
 
@@ -60,7 +54,7 @@ class Member:
     index: int
     overrides: dict[str, str]  # key -> value, as given on the command line
     run: run.Run
-    status: str = "training"  # then "done", "stopped" or "diverged"
+    status: str = "training"  # then "done", "stopped" (early stopping) or "diverged"
     seconds: list[float] = dataclasses.field(default_factory=list)
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -190,6 +184,7 @@ class Program(NamedTuple):
 
     epoch: Callable  # (states, active, x, y) -> (states, losses (D, M))
     evaluate: Callable  # (params, x_val, y_val) -> validation metrics, each (D, M)
+    plateau: Callable | None  # (states, validation losses (D, M)) -> states (schedule: plateau)
     arrays: tuple  # (x, y, x_val, y_val), each stacked over the D training sets
     states: train.TrainState  # leaves (D, M, ...)
     place: Callable  # a (D, M) array -> on the devices as the states are
@@ -238,7 +233,7 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         arrays = jax.device_put(arrays, shardings[1])
     start = time.perf_counter()
     epoch = train.make_epoch(
-        first.net.loss, first.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
+        first.net.loss, first.optimizer.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
         gradients=tc.gradients, unroll=tc.unroll, donate=False, permute=False,
     )  # fmt: skip
 
@@ -263,9 +258,14 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     )
     evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
     vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
+    plateau = None
+    if first.optimizer.plateau is not None:  # each member's scale fed its own validation loss
+        loss = place(np.zeros(np.shape(grid.order), np.float32))
+        plateau = jax.jit(jax.vmap(jax.vmap(first.optimizer.plateau))).lower(states, loss).compile()
     return Program(
-        vectorized_epoch, vectorized_evaluate, arrays, states, place, time.perf_counter() - start
-    )
+        vectorized_epoch, vectorized_evaluate, plateau, arrays, states, place,
+        time.perf_counter() - start,
+    )  # fmt: skip
 
 
 def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: Any) -> float:
@@ -287,6 +287,8 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
         start = time.perf_counter()
         states, losses = program.epoch(states, program.place(grid.stack(active)), x, y)
         metrics = program.evaluate(states.params, xv, yv)
+        if program.plateau is not None:
+            states = program.plateau(states, metrics["loss"])
         host = jax.device_get({"train_loss": losses, **metrics})
         elapsed = time.perf_counter() - start
         for i, m in enumerate(members):
@@ -294,8 +296,7 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
                 continue
             m.run.state = grid.member(states, i)
             row_host = grid.member(host, i)
-            with train.optax_dtypes():
-                row_host["lr"] = float(m.run.schedule(int(m.run.state.step) - 1))
+            row_host["lr"] = float(m.run.optimizer.learning_rate(m.run.state))
             result = run.EpochResult(
                 number, row_host, run.metrics_row(m.run, number, row_host, elapsed), elapsed
             )
@@ -305,6 +306,8 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
                     hook(m.run, result)
             except TrainingDiverged as err:
                 m.status, m.summary["error"] = "diverged", str(err)
+            if m.run.stopped is not None:
+                m.status = "stopped"
         signals.check()
     for m in members:
         if m.status == "training":
@@ -507,6 +510,8 @@ def _train_points(
                 signals=signals, shared=shared,
             )  # fmt: skip
             members.append(Member(i, dict(point), member_run))
+            if member_run.stopped is not None:  # a resumed member early stopping had ended
+                members[-1].status = "stopped"
         groups: dict[str, list[Member]] = {}
         for m in members:
             key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
@@ -515,13 +520,15 @@ def _train_points(
             runs = [m.run for m in group]
             check_fits(runs, Grid.of(runs))
         started = True
-        hooks = [run.stop_if_diverged, run.log_metrics, run.check_parity, run.save_checkpoint]
+        hooks = [
+            run.stop_if_diverged, run.log_metrics, run.check_parity, run.stop_early,
+            run.save_checkpoint,
+        ]  # fmt: skip
         for group in groups.values():
             compile_seconds = train_group(group, hooks, signals)
             for m in group:
                 if m.status != "diverged":
-                    programs = run.Programs(None, None, None, None, compile_seconds)
-                    m.summary = run.finish(m.run, programs, m.seconds)[1]["summary"]
+                    m.summary = run.finish(m.run, compile_seconds, m.seconds)[1]["summary"]
     finally:
         for m in members:
             m.run.ckpt.close()

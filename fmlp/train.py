@@ -66,51 +66,143 @@ def apply_optimizer(
     return optax.apply_updates(params, updates), opt_state
 
 
-HYPERPARAMETERS: tuple[str, ...] = ("learning_rate", "weight_decay", "momentum", "clip_norm")
+class Optimizer(NamedTuple):
+    """A config's optimizer: the transformation each mini-batch step applies, and what the
+    run reads from (and feeds into) its state between epochs."""
+
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule  # optimizer step -> its rate (before a plateau's scale)
+    learning_rate: Callable[[TrainState], Array]  # state -> the rate of its last step, ()
+    # (state, validation loss ()) -> state: once per epoch (schedule: plateau), else None
+    plateau: Callable[[TrainState, Array], TrainState] | None
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """Which leaves of ``params`` weight decay applies to: True for the weight matrices ``W``,
+    False for every other leaf (biases, and the scales and offsets of normalisation layers).
+
+    The trainer's rule and the scikit-learn estimators' L2 penalty (scikit-learn's: no bias
+    penalty) both read it.
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "W", params
+    )
+
+
+HYPERPARAMETERS: tuple[str, ...] = (
+    "learning_rate", "weight_decay", "momentum", "clip_norm", "b1", "b2", "eps",
+)  # fmt: skip
 """The ``optimizer`` keys whose values live in the optimizer state (``optax.inject_hyperparams``):
 they change no shape or program, so a sweep's members may differ in them and train in one
 vectorized program."""
 
 
 def make_optimizer(
-    cfg: config.OptimizerConfig, *, steps_per_epoch: int, epochs: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax transformation and learning-rate schedule (per step) a config asks for.
+    cfg: config.OptimizerConfig, *, steps_per_epoch: int, epochs: int, accumulate: int = 1
+) -> Optimizer:
+    """The optax optimizer a config asks for, with its learning-rate schedule (per epoch).
 
     The numeric :data:`HYPERPARAMETERS` are injected (``opt_state.hyperparams``); the
-    schedule's shape (cosine, warm-up, ...) is fixed by the config.
+    schedule's shape (cosine, warm-up, plateau ...) is fixed by the config.
+
+    ``accumulate`` > 1 wraps it in ``optax.MultiSteps``: each optimizer step takes the mean
+    gradient of that many mini-batches, and the schedule counts optimizer steps. With
+    ``schedule: plateau`` the updates are scaled by optax's ``reduce_on_plateau`` state, kept
+    in the optimizer state (so a new scale needs no new program) and fed the validation loss
+    by :attr:`Optimizer.plateau` once per epoch after the warm-up.
     """
-    total = max(1, steps_per_epoch * epochs)
+    updates_per_epoch = steps_per_epoch / accumulate
+    total = max(1, updates_per_epoch * epochs)
+    warmup = updates_per_epoch * cfg.warmup_epochs
+
+    shapes: dict[str, Callable[[], optax.Schedule]] = {
+        "constant": lambda: optax.constant_schedule(1.0),
+        "cosine": lambda: optax.cosine_decay_schedule(1.0, total),
+        "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total),
+        "exponential": lambda: optax.exponential_decay(1.0, updates_per_epoch, cfg.decay_rate),
+        "plateau": lambda: (
+            optax.linear_schedule(0.0, 1.0, warmup) if warmup else optax.constant_schedule(1.0)
+        ),
+    }
+    shape = shapes[cfg.schedule]()  # the schedule for a peak rate of 1
 
     def schedule_of(lr: Any) -> optax.Schedule:
-        schedules: dict[str, Callable[[], optax.Schedule]] = {
-            "constant": lambda: optax.constant_schedule(lr),
-            "cosine": lambda: optax.cosine_decay_schedule(lr, total),
-            "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(
-                0.0, lr, steps_per_epoch * cfg.warmup_epochs, total
-            ),
-            "exponential": lambda: optax.exponential_decay(lr, steps_per_epoch, cfg.decay_rate),
-        }
-        return schedules[cfg.schedule]()
+        """The schedule peaking at ``lr`` (a traced hyper-parameter inside the optimizer)."""
+        return lambda count: lr * shape(count)
+
+    mask = None if cfg.decay_biases else decay_mask
 
     def factory(
-        learning_rate: Any, weight_decay: Any, momentum: Any, clip_norm: Any
+        learning_rate: Any,
+        weight_decay: Any,
+        momentum: Any,
+        clip_norm: Any,
+        b1: Any,
+        b2: Any,
+        eps: Any,
     ) -> optax.GradientTransformation:
-        schedule = schedule_of(learning_rate)
+        schedule, adam = schedule_of(learning_rate), {"b1": b1, "b2": b2, "eps": eps}
         if cfg.name == "adamw":
-            tx = optax.adamw(schedule, weight_decay=weight_decay)
+            tx = optax.adamw(schedule, weight_decay=weight_decay, mask=mask, **adam)
         else:
             if cfg.name == "sgd":  # momentum 0 keeps a zero trace: the same steps as none
                 base = optax.sgd(schedule, momentum=momentum, nesterov=cfg.nesterov)
             else:
-                base = optax.adam(schedule)
-            tx = optax.chain(optax.add_decayed_weights(weight_decay), base)
+                base = optax.adam(schedule, **adam)
+            tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=mask), base)
         if clip_norm is not None:
             tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
         return tx
 
     tx = optax.inject_hyperparams(factory)(**{k: getattr(cfg, k) for k in HYPERPARAMETERS})
-    return tx, schedule_of(cfg.learning_rate)
+    schedule = schedule_of(cfg.learning_rate)
+    if accumulate > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()
+
+    plateau = None
+    if cfg.schedule == "plateau":
+        p = cfg.plateau
+        plateau = optax.contrib.reduce_on_plateau(
+            factor=p.factor, patience=p.patience, cooldown=p.cooldown, min_scale=p.min_scale
+        )
+
+    def rate(state: TrainState) -> Array:  # the schedule counts optimizer steps
+        with optax_dtypes():
+            value = schedule(state.step // accumulate - 1)
+        return value if plateau is None else value * state.opt_state[1].scale
+
+    if plateau is None:
+        return Optimizer(tx, schedule, rate, None)
+
+    def feed(state: TrainState, value: Array) -> TrainState:
+        inner, watch = state.opt_state
+        with optax_dtypes():
+            _, fed = plateau.update((), watch, value=value)
+        warm = state.epoch > cfg.warmup_epochs
+        fed = jax.tree.map(lambda new, old: jnp.where(warm, new, old), fed, watch)
+        return state._replace(opt_state=(inner, fed))
+
+    return Optimizer(_scaled_by_plateau(tx, plateau), schedule, rate, feed)
+
+
+def _scaled_by_plateau(
+    tx: optax.GradientTransformation, plateau: optax.GradientTransformationExtraArgs
+) -> optax.GradientTransformation:
+    """``tx`` with its updates multiplied by the scale held in ``plateau``'s state.
+
+    The state is ``(tx's, plateau's)``; a step only reads the scale, which
+    :attr:`Optimizer.plateau` updates between epochs.
+    """
+
+    def init(params: PyTree) -> tuple[optax.OptState, optax.OptState]:
+        return tx.init(params), plateau.init(params)
+
+    def update(updates: PyTree, state: tuple, params: PyTree = None) -> tuple[PyTree, tuple]:
+        updates, inner = tx.update(updates, state[0], params)
+        scale = state[1].scale
+        return jax.tree.map(lambda u: scale.astype(u.dtype) * u, updates), (inner, state[1])
+
+    return optax.GradientTransformation(init, update)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -256,6 +348,8 @@ def make_epoch(
     unroll: int = 1,
     donate: bool = True,
     layout: Layout | None = None,
+    progress: Callable[[Any, Any], None] | None = None,
+    progress_every: int = 1,
 ) -> Callable[..., tuple[TrainState, Array]]:
     """The one compiled epoch: ``epoch(state, x, y, w=None, *extra) -> (state, mean loss)``.
 
@@ -286,6 +380,10 @@ def make_epoch(
       donate: donate the input state's buffers to the output.
       layout: with a device layout, each batch is split over its ``data`` axis and the new
         state keeps the layout's shardings.
+      progress: ``progress(steps_done, loss_sum)`` is called on the host (``jax.debug.callback``,
+        asynchronous: no sync with the device) after every ``progress_every``-th step and the
+        last; ``loss_sum`` is the sum of the example losses so far (divide by the examples
+        seen for the running mean). The params are the same with or without it.
     """
     step_fn = make_step(loss, tx, gradients=gradients, skip_empty=skip_empty, has_aux=has_aux)
 
@@ -294,23 +392,35 @@ def make_epoch(
 
     def epoch(state: TrainState, x: Array, y: Array, w: Array | None = None, *extra: Array):
         key, idx, weights = epoch_order(state.key, w, n=n, batch_size=batch_size, shuffle=shuffle)
+        steps = idx.shape[0]
 
         def step(carry: tuple, batch: tuple) -> tuple[tuple, None]:
             params, opt_state, total = carry
+            if progress is not None:
+                *batch, done = batch
             if permute:
                 xb, yb, wb = batch
             else:
                 rows, wb = batch
                 xb, yb, wb = shard(x[rows], y[rows], wb)
             params, opt_state, weighted = step_fn(params, opt_state, xb, yb, wb, *extra)
-            return (params, opt_state, total + weighted), None
+            total = total + weighted
+            if progress is not None:
+                jax.lax.cond(
+                    (done % progress_every == 0) | (done == steps),
+                    lambda: jax.debug.callback(progress, done, total),
+                    lambda: None,
+                )
+            return (params, opt_state, total), None
 
         batches = shard(x[idx], y[idx], weights, stacked=True) if permute else (idx, weights)
+        if progress is not None:
+            batches = (*batches, jnp.arange(1, steps + 1, dtype=jnp.int32))
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(state.params)))
         (params, opt_state, total), _ = jax.lax.scan(
             step, (state.params, state.opt_state, zero), batches, unroll=unroll
         )
-        new_state = TrainState(params, opt_state, state.step + idx.shape[0], state.epoch + 1, key)
+        new_state = TrainState(params, opt_state, state.step + steps, state.epoch + 1, key)
         return new_state, total / jnp.maximum(jnp.sum(weights), 1e-30)
 
     donation = {"donate_argnums": 0} if donate else {}
@@ -421,6 +531,29 @@ def metric_name(net: nn.MLP) -> str:
 # ----------------------------------------------------------------------------- parity
 
 
+def _first_batch(
+    x: Array, y: Array, key: Array, *, n: int, batch_size: int, layout: Layout | None
+) -> tuple[Array, Array, Array]:
+    """The first mini-batch ``(x_b, y_b, w_b)`` of the epoch that ``key`` (a state's) orders."""
+    _, order_key = jax.random.split(key)
+    idx, mask = data.batch_indices(order_key, n, batch_size)
+    batch = (x[idx[0]], y[idx[0]], mask[0])
+    return batch if layout is None else layout.shard_batch(*batch)
+
+
+def make_gradients(
+    loss: Callable[..., Array], *, n: int, batch_size: int, layout: Layout | None = None
+) -> Callable[[nn.Params, Array, Array, Array], nn.Params]:
+    """A jitted ``gradients(params, x, y, key)``: the engine's gradient of ``loss`` on the
+    first batch of the epoch ``key`` (the state's) orders, shaped like ``params``."""
+
+    def gradients(params: nn.Params, x: Array, y: Array, key: Array) -> nn.Params:
+        batch = _first_batch(x, y, key, n=n, batch_size=batch_size, layout=layout)
+        return engine.grad(loss)(params, *batch)
+
+    return jax.jit(gradients)
+
+
 def make_gradient_check(
     loss: Callable[..., Array], *, n: int, batch_size: int, layout: Layout | None = None
 ) -> Callable[[nn.Params, Array, Array, Array], dict[str, Array]]:
@@ -432,11 +565,7 @@ def make_gradient_check(
     """
 
     def check(params: nn.Params, x: Array, y: Array, key: Array) -> dict[str, Array]:
-        _, order_key = jax.random.split(key)
-        idx, mask = data.batch_indices(order_key, n, batch_size)
-        batch = (x[idx[0]], y[idx[0]], mask[0])
-        if layout is not None:
-            batch = layout.shard_batch(*batch)
+        batch = _first_batch(x, y, key, n=n, batch_size=batch_size, layout=layout)
         ours = engine.grad(loss)(params, *batch)
         ref = jax.grad(loss)(params, *batch)
         return {

@@ -1,21 +1,28 @@
 """Tests for the ``fmlp`` command: exit statuses, messages, the run directory, no progress bar.
 
 Every test runs the real command in a subprocess (the venv's ``fmlp`` console script, or
-``python -m fmlp``) from the repository root, with pipes for stdout and stderr as in a CI log.
-The bad-input cases run two at a time. A persistent compilation cache is shared with
+``python -m fmlp``) from the repository root, with pipes for stdout and stderr as in a CI log,
+except the bad value of each config key, which goes through ``fmlp.cli.main`` in process (the
+same parsing, validation and exit status, without starting JAX in a process per key). The
+bad-input cases run two at a time. A persistent compilation cache is shared with
 test_train's subprocesses, so a program compiled once is loaded afterwards.
 """
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import yaml
+
+from fmlp import cli, config
 
 ROOT = Path(__file__).resolve().parents[1]
 FMLP = Path(sys.executable).with_name("fmlp")  # the console script pip installed
@@ -203,3 +210,61 @@ def test_an_internal_key_error_during_fit_exits_1_not_as_bad_input(tmp_path, env
     assert result.returncode == 1, result.stderr
     assert "KeyError: 'internal'" in result.stderr
     assert "fmlp train: error:" not in result.stderr
+
+
+def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, env):
+    args = (CLASSIFICATION, "train.epochs=3", "optimizer.schedule=plateau", "--print-config")
+    result = fmlp("train", *args, f"run.out_dir={tmp_path}", env=env)
+    assert result.returncode == 0, result.stderr
+    printed = config.from_dict(yaml.safe_load(result.stdout))
+    expected = config.load(ROOT / CLASSIFICATION, ["train.epochs=3", "optimizer.schedule=plateau"])
+    assert printed == dataclasses.replace(
+        expected, run=dataclasses.replace(expected.run, out_dir=str(tmp_path))
+    )
+    assert list(tmp_path.iterdir()) == []  # no run directory
+
+
+NEW_KEYS_BAD = {
+    "optimizer.b1=1": "optimizer.b1",
+    "optimizer.b2=-0.1": "optimizer.b2",
+    "optimizer.eps=0": "optimizer.eps",
+    "optimizer.decay_biases=sometimes": "optimizer.decay_biases",
+    "optimizer.schedule=plateu": "did you mean plateau",
+    "optimizer.plateau.factor=1.5": "optimizer.plateau.factor",
+    "optimizer.plateau.patience=0": "optimizer.plateau.patience",
+    "optimizer.plateau.cooldown=-1": "optimizer.plateau.cooldown",
+    "optimizer.plateau.min_scale=2": "optimizer.plateau.min_scale",
+    "optimizer.plateau.facter=0.5": "did you mean optimizer.plateau.factor",
+    "optimizer.plateau=0.5": "optimizer.plateau: expected a PlateauConfig",
+    "train.accumulate=0": "train.accumulate",
+    "train.early_stopping.patience=0": "train.early_stopping.patience",
+    "train.early_stopping.min_delta=-0.1": "train.early_stopping.min_delta",
+    "train.early_stopping=5": "train.early_stopping: expected an EarlyStoppingConfig",
+    "train.restore_best=2": "train.restore_best",
+    "run.tensorboard=yes please": "run.tensorboard",
+    "run.histogram_every=0": "run.histogram_every",
+}
+
+
+@pytest.mark.parametrize("override", list(NEW_KEYS_BAD))
+def test_a_bad_value_of_a_new_key_exits_2_naming_it(override, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    assert cli.main(["train", CLASSIFICATION, override, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fmlp train: error: "), lines
+    assert NEW_KEYS_BAD[override] in lines[0], lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "watching", ["train.early_stopping.patience=2", "optimizer.schedule=plateau"]
+)
+def test_watching_the_validation_split_needs_one(watching, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.chdir(ROOT)
+    args = ["train", CLASSIFICATION, watching, "data.validation_fraction=0"]
+    assert cli.main([*args, "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "data.validation_fraction" in error and watching.split("=")[0] in error

@@ -128,12 +128,12 @@ def settled(snap: dict[str, tuple[bytes, int]]) -> dict[str, tuple[bytes, int]]:
 
 def assert_saved_files_kept(run_dir: Path, before: dict[str, tuple[bytes, int]]) -> None:
     """Every file of ``before`` (a run caught while training) is unchanged, except that
-    ``metrics.jsonl`` may have grown by the epochs in flight and a checkpoint step may have
-    been pruned whole (``train.keep_checkpoints``) by a newer one."""
+    ``metrics.jsonl`` and ``metrics.csv`` may have grown by the epochs in flight and a
+    checkpoint step may have been pruned whole (``train.keep_checkpoints``) by a newer one."""
     after = snapshot(run_dir)
     for rel, (payload, mtime) in settled(before).items():
         parts = Path(rel).parts
-        if rel == "metrics.jsonl":
+        if rel in ("metrics.jsonl", "metrics.csv"):
             complete = payload[: payload.rfind(b"\n") + 1]
             assert after[rel][0].startswith(complete), (complete, after[rel][0])
         elif parts[0] == "checkpoints" and not (run_dir / Path(*parts[:3])).is_dir():
@@ -832,7 +832,7 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, in_process, fault_from_
 
 def test_disk_full_while_logging_metrics(tmp_path, capsys, in_process, fault_from_epoch_2):
     run_dir = tmp_path / "run"
-    epoch_of = lambda row: row["epoch"]
+    epoch_of = lambda row, columns: row["epoch"]
     at_fault = fault_from_epoch_2(fmlp.run.RunDir, "append_metrics", run_dir, epoch_of)
     status = in_process(["train", CLS, "train.epochs=3", "--out", str(run_dir)])
     captured = capsys.readouterr()

@@ -13,8 +13,11 @@ command does, sharing a persistent compilation cache so repeated programs compil
 
 import concurrent.futures
 import contextlib
+import csv
 import dataclasses
 import gzip
+import hashlib
+import importlib.metadata
 import io
 import itertools
 import json
@@ -27,6 +30,8 @@ import signal
 import subprocess
 import sys
 import time
+import types
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +55,8 @@ FASHION = ROOT / "configs" / "fashion_mnist.yaml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "learning_rate", "seconds"}
 SUMMARY_KEYS = {"test_loss", "epochs", "examples_per_second", "compile_seconds", "device"}
-SUMMARY_KEYS |= {"fmlp_version"}
+SUMMARY_KEYS |= {"fmlp_version", "best_epoch", "stopped_epoch", "tested_epoch", "versions"}
+SUMMARY_KEYS |= {"device_count", "config_sha256"}
 
 FEATURES_OUTPUTS = {
     "lecture_classification": (2, 3),
@@ -91,6 +97,14 @@ def assert_params_equal(a: Any, b: Any) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """``metrics.csv`` as metrics rows: numbers parsed, an empty field null."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    number = lambda k, v: int(v) if k == "epoch" else float(v)
+    return [{k: None if v == "" else number(k, v) for k, v in row.items()} for row in rows]
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -221,6 +235,7 @@ def test_run_directory_contract(any_run: Run):
     # metrics.jsonl: one object per epoch, 1..N in order, with the contract's keys.
     rows = read_jsonl(run.dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, cfg.train.epochs + 1))
+    assert read_csv(run.dir / "metrics.csv") == rows  # the same rows, for spreadsheets
     for row in rows:
         assert METRIC_KEYS | {f"val_{metric}"} <= set(row), row
         for key in ("train_loss", "val_loss", f"val_{metric}", "learning_rate", "seconds"):
@@ -239,13 +254,26 @@ def test_run_directory_contract(any_run: Run):
     assert summary["compile_seconds"] >= 0
     assert isinstance(summary["device"], str) and summary["device"]
     assert summary["fmlp_version"] == fmlp.__version__
+    # The best epoch: the first with the highest validation accuracy (regression: lowest loss).
+    watched = [r["val_accuracy" if classification else "val_loss"] for r in rows]
+    best_epoch = watched.index(max(watched) if classification else min(watched)) + 1
+    assert (summary["best_epoch"], summary["stopped_epoch"]) == (best_epoch, None)
+    assert summary["tested_epoch"] == cfg.train.epochs  # train.restore_best: false
+    assert step_dirs(run.dir / "checkpoints" / "best") == [best_epoch]
+    # Provenance: what produced the numbers, and which config (the hash of config.yaml).
+    packages = {"jax": "jax", "jaxlib": "jaxlib", "optax": "optax", "orbax": "orbax-checkpoint"}
+    assert summary["versions"] == {"python": sys.version.split()[0]} | {
+        name: importlib.metadata.version(package) for name, package in packages.items()
+    } | {"fmlp": fmlp.__version__}
+    config_bytes = (run.dir / "config.yaml").read_bytes()
+    assert summary["config_sha256"] == hashlib.sha256(config_bytes).hexdigest()
+    assert summary["device_count"] == jax.device_count()
 
     # checkpoints/: latest keeps the last keep_checkpoints saves, best holds one.
     every, keep, epochs = cfg.train.checkpoint_every, cfg.train.keep_checkpoints, cfg.train.epochs
     saved = [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
     latest, best = run.dir / "checkpoints" / "latest", run.dir / "checkpoints" / "best"
     assert step_dirs(latest) == saved[-keep:]
-    assert len(step_dirs(best)) == 1
     for manager in (latest, best):
         leftovers = [p.name for p in manager.iterdir() if not p.name.isdigit()]
         assert not leftovers, f"unfinished checkpoint folders left in {manager}: {leftovers}"
@@ -739,3 +767,203 @@ def test_progress_bar_is_drawn_when_asked(reg_run_and_stderr):
     # none when stderr is a pipe; this shows that check looks for the right thing.
     _, stderr = reg_run_and_stderr
     assert "%|" in stderr and "30/30" in stderr
+
+
+# ----------------------------------------------------------------------------- the loop's features
+
+
+def test_early_stopping_stops_at_the_right_epoch_of_a_scripted_sequence():
+    def stopped(mode, patience, min_delta, values):
+        cfg = config.from_dict(
+            {"train": {"early_stopping": {"patience": patience, "min_delta": min_delta}}}
+        )
+        watched = "val_accuracy" if mode == "max" else "val_loss"
+        run = types.SimpleNamespace(
+            cfg=cfg, best=fmlp.run.Best(mode, min_delta), watched=watched, stopped=None
+        )
+        for epoch, value in enumerate(values, 1):
+            fmlp.run.stop_early(run, fmlp.run.EpochResult(epoch, {}, {watched: value}, 0.0))
+            if run.stopped is not None:
+                break
+        return run.stopped, run.best.epoch
+
+    # 0.605 gains less than min_delta on 0.6; 0.62 gains; 0.625 and 0.629 do not: stop at 6.
+    assert stopped("max", 2, 0.01, [0.5, 0.6, 0.605, 0.62, 0.625, 0.629, 0.9]) == (6, 4)
+    # A tie is no gain; the loss is watched downwards.
+    assert stopped("min", 3, 0.0, [1.0, 0.8, 0.8, 0.9, 0.7, 0.75, 0.7, 0.71]) == (8, 5)
+    assert stopped("max", 3, 0.0, [0.1, 0.2, 0.3, 0.4]) == (None, 4)  # never stale
+
+
+FEATURES = (
+    CLASSIFICATION,
+    "optimizer.name=adamw",
+    "optimizer.learning_rate=0.05",
+    "optimizer.weight_decay=0.01",
+    "optimizer.b2=0.99",
+    "optimizer.schedule=plateau",
+    "optimizer.warmup_epochs=1",
+    "optimizer.plateau.patience=1",
+    "train.accumulate=5",  # 12 mini-batches an epoch: the accumulation spans epochs
+    "train.early_stopping.patience=3",
+    "train.restore_best=true",
+    "train.checkpoint_every=100",
+    "train.check_gradients_every=2",
+)
+FEATURES_EPOCHS = 16  # early stopping ended the run at epoch 8 when written (best: epoch 5)
+SPLIT_AT = 3  # the resumed run's first part trains this many epochs
+WATCHED = ("run.tensorboard=true", "run.histogram_every=2", "run.progress=always")
+
+
+@pytest.fixture(scope="module")
+def feature_runs(tmp_path_factory) -> dict[str, Any]:
+    """Every feature of the loop on, trained in one go (no progress bar), and trained
+    SPLIT_AT epochs then resumed with TensorBoard events and the in-epoch progress bar (from
+    each process's second epoch on); then that stopped run resumed once more."""
+    reference = fit_run(
+        tmp_path_factory, *FEATURES, f"train.epochs={FEATURES_EPOCHS}", "run.progress=never",
+        name="features",
+    )  # fmt: skip
+    split = tmp_path_factory.mktemp("features-split") / "run"
+    overrides = [*FEATURES[1:], *WATCHED]
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        patch.setattr(fmlp.run, "PROGRESS_AFTER", 0.0)
+        fmlp.fit(CLASSIFICATION, overrides=[*overrides, f"train.epochs={SPLIT_AT}"], out=split)
+        first_part = read_jsonl(split / "metrics.jsonl")
+        state, history = fmlp.fit(
+            CLASSIFICATION, overrides=[*overrides, f"train.epochs={FEATURES_EPOCHS}"], resume=split
+        )
+    before = snapshot(split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = fmlp.fit(
+            CLASSIFICATION, overrides=[*overrides, f"train.epochs={FEATURES_EPOCHS}"], resume=split
+        )
+    return {
+        "reference": reference,
+        "split": Run(state, history, split, config.load(split / "config.yaml")),
+        "first part": first_part,
+        "stderr": stderr.getvalue(),
+        "again": (again, before, [str(w.message) for w in caught], snapshot(split)),
+    }
+
+
+def test_early_stopping_ends_the_run_and_tests_the_best_epoch(feature_runs):
+    run = feature_runs["reference"]
+    rows, summary = run.history["epochs"], run.history["summary"]
+    accuracy = [r["val_accuracy"] for r in rows]
+    best = accuracy.index(max(accuracy)) + 1
+    assert summary["best_epoch"] == best
+    assert summary["stopped_epoch"] == summary["epochs"] == len(rows) == best + 3  # patience
+    assert len(rows) < FEATURES_EPOCHS  # it did stop early
+    # The best checkpoint is the best epoch's; latest the last's (the stopping epoch).
+    assert step_dirs(run.dir / "checkpoints" / "best") == [best]
+    assert max(step_dirs(run.dir / "checkpoints" / "latest")) == len(rows)
+    # train.restore_best: the test split was evaluated on the best params, which fit returns.
+    assert summary["tested_epoch"] == int(run.state.epoch) == best
+    assert_params_equal(run.state.params, fmlp.run.restore_params(run.dir, best=True))
+    dataset = fmlp.run.load_dataset(run.cfg)
+    test = fmlp.run.evaluate_split(run.cfg, dataset, run.state.params, "test")
+    assert summary["test_accuracy"] == pytest.approx(test["accuracy"], abs=1e-7)
+    latest = fmlp.run.evaluate_split(run.cfg, dataset, fmlp.run.restore_params(run.dir), "val")
+    assert latest["accuracy"] == pytest.approx(rows[-1]["val_accuracy"], abs=1e-7)
+
+
+def test_plateau_lowers_the_rate_after_an_epoch_without_a_better_validation_loss(feature_runs):
+    rows = feature_runs["reference"].history["epochs"]
+    peak = 0.05
+    assert rows[0]["learning_rate"] < peak  # the warm-up's first epoch
+    assert rows[1]["learning_rate"] == pytest.approx(peak)
+    # patience 1, factor 0.5: fed from epoch 2 on (after the warm-up); an epoch whose loss is
+    # not below the best so far (optax's relative 1e-4) halves the next epoch's rate.
+    best, drops = math.inf, 0
+    for row, after in itertools.pairwise(rows[1:]):
+        improved = row["val_loss"] < (1 - 1e-4) * best
+        best = min(best, row["val_loss"]) if improved else best
+        factor = 1.0 if improved else 0.5
+        assert after["learning_rate"] == pytest.approx(factor * row["learning_rate"]), rows
+        drops += not improved
+    assert drops >= 2
+
+
+def test_resume_with_every_feature_on_is_bitwise_identical(feature_runs):
+    reference, split = feature_runs["reference"], feature_runs["split"]
+    assert len(feature_runs["first part"]) == SPLIT_AT < len(split.history["epochs"])
+    assert_params_equal(fmlp.run.restore_params(split.dir), fmlp.run.restore_params(reference.dir))
+    assert_params_equal(split.state.params, reference.state.params)  # the best epoch's
+    strip = lambda rows: [without_seconds(r) for r in rows]
+    assert strip(read_jsonl(split.dir / "metrics.jsonl")) == strip(reference.history["epochs"])
+    keys = ("best_epoch", "stopped_epoch", "tested_epoch", "test_accuracy", "test_loss")
+    assert {k: split.history["summary"][k] for k in keys} == {
+        k: reference.history["summary"][k] for k in keys
+    }
+
+
+def test_resuming_a_stopped_run_says_so_and_trains_nothing(feature_runs):
+    (state, history), before, messages, after = feature_runs["again"]
+    split = feature_runs["split"]
+    stopped = split.history["summary"]["stopped_epoch"]
+    assert len(messages) == 1, messages
+    assert f"early stopping ended this run at epoch {stopped}" in messages[0]
+    assert "not trained on" in messages[0]
+    assert after == before  # nothing written
+    assert history["summary"] == split.history["summary"]
+    assert_params_equal(state.params, split.state.params)
+
+
+def test_metrics_csv_holds_the_rows_of_metrics_jsonl(feature_runs):
+    split = feature_runs["split"]
+    rows = read_jsonl(split.dir / "metrics.jsonl")
+    checked = [
+        r | {"gradient_check": max(r["gradient_check"].values())} if "gradient_check" in r
+        else r | {"gradient_check": None} for r in rows
+    ]  # fmt: skip
+    assert read_csv(split.dir / "metrics.csv") == checked
+    assert [r["gradient_check"] is not None for r in checked] == [r["epoch"] % 2 == 0 for r in rows]
+
+
+def test_tensorboard_events_read_back(feature_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    split = feature_runs["split"]
+    rows, summary = split.history["epochs"], split.history["summary"]
+    events = EventAccumulator(str(split.dir / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    for key in ("train_loss", "val_loss", "val_accuracy", "learning_rate"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-7)) for r in rows], key
+    sizes = {"W": [(2, 32), (32, 3)], "b": [(32,), (3,)]}
+    for kind in ("weights", "gradients"):
+        for layer in (0, 1):
+            for name in ("W", "b"):
+                histograms = events.Histograms(f"{kind}/layer{layer}/{name}")
+                assert [h.step for h in histograms] == list(range(2, len(rows) + 1, 2))
+                count = math.prod(sizes[name][layer])
+                assert all(h.histogram_value.num == count for h in histograms)
+    weights = events.Histograms("weights/layer0/W")[-1].histogram_value
+    gradients = events.Histograms("gradients/layer0/W")[-1].histogram_value
+    assert weights.max > weights.min and gradients.max > gradients.min
+    session = EventAccumulator(str(split.dir / "tensorboard" / "hparams"))
+    session.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        session.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info.hparams
+    assert start["optimizer.schedule"].string_value == "plateau"
+    assert start["train.accumulate"].number_value == 5
+    assert start["model.hidden"].string_value == "[32]"
+    final = session.Scalars("test_accuracy")[-1]
+    assert final.value == pytest.approx(summary["test_accuracy"], rel=1e-7)
+
+
+def test_the_progress_bar_advances_inside_a_long_epoch(feature_runs):
+    stderr = feature_runs["stderr"]
+    steps = re.findall(
+        r"epoch (\d+): +\d+%.*?(\d+)/12 .*?loss \d\.\d{4}, [\d,]+ examples/s", stderr
+    )
+    assert steps, stderr[-2000:]
+    # Each epoch after one (of this process) longer than PROGRESS_AFTER: here, from the second.
+    assert {int(epoch) for epoch, _ in steps} == set(range(2, SPLIT_AT + 1)) | set(
+        range(SPLIT_AT + 2, len(feature_runs["split"].history["epochs"]) + 1)
+    )
+    assert {int(done) for _, done in steps} >= {12}

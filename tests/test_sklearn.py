@@ -512,3 +512,26 @@ def test_runs_under_jax_default_settings():
         clf = MLPClassifier(**FAST).fit(X, y)
         assert clf.score(X, y) >= 0.9
         assert clf.predict_proba(X).dtype == np.float64
+
+
+def test_the_l2_penalty_follows_the_trainers_weight_decay_rule(monkeypatch):
+    """scikit-learn's rule (no bias penalty) is fmlp.train.decay_mask's: one function."""
+    net = nn.mlp([3, 4, 2], output="softmax")
+    params = [
+        {"W": layer["W"], "b": jax.numpy.ones_like(layer["b"])}
+        for layer in net.init(jax.random.key(0))
+    ]
+    x = jax.numpy.asarray(np.random.default_rng(0).standard_normal((5, 3)), np.float32)
+    y = jax.numpy.asarray([0, 1, 1, 0, 1], np.int32)
+    w = jax.numpy.ones(5, np.float32)
+    alpha = np.float32(2.0)
+    data = float(fmlp.sklearn._batch_loss(net, params, x, y, w, np.float32(0.0))[0])
+
+    def squares(names):
+        return sum(float(np.sum(np.square(layer[k]))) for layer in params for k in names)
+
+    got = float(fmlp.sklearn._batch_loss(net, params, x, y, w, alpha)[0])
+    assert got == pytest.approx(data + alpha / 2 * squares("W") / 5, rel=1e-6)
+    monkeypatch.setattr(fmlp.train, "decay_mask", lambda p: jax.tree.map(lambda _: True, p))
+    every = float(fmlp.sklearn._batch_loss(net, params, x, y, w, alpha)[0])
+    assert every == pytest.approx(data + alpha / 2 * squares("Wb") / 5, rel=1e-6)

@@ -249,3 +249,20 @@ def test_members_split_over_eight_devices_train_as_on_one(tmp_path, rates, seeds
         eight = tmp_path / "eight" / "members" / str(row["member"])
         for a, b in zip(params_of(eight), params_of(row["run_dir"])):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_stops_each_member_as_its_own_run_would(tmp_path):
+    base = BASE | {
+        "train": {"epochs": 8, "batch_size": 32,
+                  "early_stopping": {"patience": 1, "min_delta": 0.02}},
+    }  # fmt: skip
+    result = sweep.sweep(base, ["optimizer.learning_rate=1e-5,0.3"], out=tmp_path / "s")
+    for row in result["members"]:
+        lr = row["optimizer.learning_rate"]
+        _, alone = fmlp.fit(base, overrides=[f"optimizer.learning_rate={lr}"], out=tmp_path / lr)
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert row["status"] == "stopped" and row["epochs"] == alone["summary"]["stopped_epoch"]
+        for key in ("stopped_epoch", "best_epoch", "test_accuracy"):
+            assert summary[key] == alone["summary"][key], key
+    stopped = {r["optimizer.learning_rate"]: r["epochs"] for r in result["members"]}
+    assert stopped["1e-5"] < stopped["0.3"]  # the slow member stopped first, alone

@@ -226,7 +226,9 @@ def test_a_permuted_copy_fits_for_small_data():
 # ----------------------------------------------------------------------------- the seams
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "model.json", "normalizer.npz")
+RUN_FILES = (
+    "config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "model.json", "normalizer.npz"
+)  # fmt: skip
 
 
 def test_only_the_run_module_names_the_run_directorys_files():
@@ -286,3 +288,120 @@ def test_auto_batching_takes_the_permuted_copy_only_for_overhead_bound_cpu_steps
     assert not train.use_permuted_copy("permuted", tiny, huge, y, batch_size=16)
     with pytest.raises(ValueError, match="batching must be one of"):
         train.use_permuted_copy("sometimes", tiny, x, y, batch_size=16)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def optimizer_config(**keys) -> config.OptimizerConfig:
+    return config.from_dict({"optimizer": keys}).optimizer
+
+
+def test_accumulation_equals_one_step_on_the_k_times_larger_batch(problem):
+    net, x, y = problem
+    x, y = x[:96], y[:96]  # 6 batches of 16, 2 of 48: no partial batch
+    opt = optimizer_config(learning_rate=0.1, momentum=0.9, clip_norm=1.0)
+
+    def train_epochs(batch_size, accumulate):
+        steps = 96 // batch_size
+        optimizer = train.make_optimizer(
+            opt, steps_per_epoch=steps, epochs=2, accumulate=accumulate
+        )
+        state = train.init_state(net, optimizer.tx, seed=3)
+        epoch = train.make_epoch(net.loss, optimizer.tx, n=96, batch_size=batch_size, shuffle=False)
+        for _ in range(2):
+            state, _ = epoch(state, x, y)
+        return state, float(optimizer.learning_rate(state))
+
+    accumulated, rate = train_epochs(16, 3)
+    big, big_rate = train_epochs(48, 1)
+    chex.assert_trees_all_close(accumulated.params, big.params, rtol=1e-5, atol=1e-6)
+    assert int(accumulated.step) == 12 and rate == big_rate == pytest.approx(0.1)
+    single, _ = train_epochs(16, 1)  # without accumulation: 12 steps, other params
+    assert not np.allclose(single.params[0]["W"], big.params[0]["W"], atol=1e-4)
+
+
+def test_plateau_lowers_the_rate_from_the_fed_loss_without_a_new_program(problem):
+    net, x, y = problem
+    opt = optimizer_config(
+        learning_rate=0.1, schedule="plateau", warmup_epochs=1,
+        plateau={"factor": 0.5, "patience": 2, "cooldown": 1, "min_scale": 0.2},
+    )  # fmt: skip
+    optimizer = train.make_optimizer(opt, steps_per_epoch=7, epochs=11)
+    state = train.init_state(net, optimizer.tx, seed=3)
+    epoch = train.make_epoch(net.loss, optimizer.tx, n=N, batch_size=BATCH)
+    feed = jax.jit(optimizer.plateau)
+    # Epoch 1 warms up (its loss is not fed); then 1.0 is the best, two epochs without a gain
+    # halve the scale, the cooldown ignores one, two more halve it again, the cooldown, and
+    # two more reach the floor (0.2 of the rate). Each rate is the one an epoch trained with.
+    losses = [9.0, 1.0, 1.5, 1.2, 1.3, 1.1, 1.4, 1.0, 1.0, 1.0, 1.0]
+    rates = []
+    for loss in losses:
+        state, _ = epoch(state, x, y)
+        rates.append(float(optimizer.learning_rate(state)))
+        state = feed(state, jnp.float32(loss))
+    warming = 0.1 * 6 / 7  # the warm-up's last step: 0 up to 0.1 over 7 steps
+    expected = [warming, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert epoch._cache_size() == 1  # the scale is state: one program for every rate
+    assert feed._cache_size() == 1
+
+
+def test_plateau_needs_a_validation_split():
+    with pytest.raises(errors.ConfigError, match=r"data\.validation_fraction.*plateau"):
+        config.from_dict(
+            {"optimizer": {"schedule": "plateau"}, "data": {"validation_fraction": 0.0}}
+        )
+
+
+def test_weight_decay_skips_every_leaf_but_the_weights_unless_decay_biases():
+    params = [
+        {"W": jnp.ones((2, 3), jnp.float32), "b": jnp.ones(3, jnp.float32)},
+        {"scale": jnp.ones(3, jnp.float32), "offset": jnp.ones(3, jnp.float32)},  # a norm layer
+    ]
+    assert train.decay_mask(params) == [{"W": True, "b": False}, {"scale": False, "offset": False}]
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for name in ("sgd", "adam", "adamw"):
+        for decay_biases in (False, True):
+            opt = optimizer_config(
+                name=name, learning_rate=0.1, weight_decay=0.5, decay_biases=decay_biases
+            )
+            tx = train.make_optimizer(opt, steps_per_epoch=1, epochs=1).tx
+            new, _ = train.apply_optimizer(tx, zero, tx.init(params), params)
+            moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new, params)
+            others = not decay_biases
+            assert moved == [{"W": True, "b": not others}, {"scale": not others,
+                             "offset": not others}], (name, decay_biases)  # fmt: skip
+
+
+def test_adams_b1_b2_eps_reach_optax():
+    params = {"W": jnp.full((3,), 2.0, jnp.float32)}
+    grads = {"W": jnp.asarray([1e-3, 0.5, -2.0], jnp.float32)}
+    keys = {"b1": 0.5, "b2": 0.75, "eps": 0.1}
+    tx = train.make_optimizer(
+        optimizer_config(name="adam", learning_rate=0.1, **keys), steps_per_epoch=1, epochs=1
+    ).tx
+    ours, _ = train.apply_optimizer(tx, grads, tx.init(params), params)
+    reference = optax.adam(0.1, **keys)
+    theirs, _ = train.apply_optimizer(reference, grads, reference.init(params), params)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
+    default = optax.adam(0.1)
+    plain, _ = train.apply_optimizer(default, grads, default.init(params), params)
+    assert not np.allclose(ours["W"], plain["W"])
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_the_epoch_reports_its_steps_to_the_host_every_n_and_at_the_end(problem):
+    net, x, y = problem
+    calls = []
+    plain, _ = run_epochs(net, x, y, epochs=1)
+    reported, losses = run_epochs(
+        net, x, y, epochs=1, progress=lambda done, total: calls.append((int(done), float(total))),
+        progress_every=3,
+    )  # fmt: skip
+    jax.effects_barrier()
+    assert [done for done, _ in calls] == [3, 6, 7]  # 7 steps, the last one partial
+    assert calls[-1][1] / N == pytest.approx(losses[0], rel=1e-6)  # the sum of the losses
+    chex.assert_trees_all_equal(plain.params, reported.params)

@@ -215,23 +215,27 @@ def _run_tta(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     overrides += [f"data.path={args.data_path}"] if args.data_path else []
     cfg = config.resolve(args.config, overrides)
     m, o = cfg.model, cfg.optimizer
-    plain = ("relu", "softmax", "sgd", 0.0, None)
-    if (m.activation, m.output, o.name, o.weight_decay, o.clip_norm) != plain:
+    plain = ("relu", "softmax", "sgd", 0.0, None, 1)
+    if (m.activation, m.output, o.name, o.weight_decay, o.clip_norm, cfg.train.accumulate) != (
+        plain
+    ) or o.schedule == "plateau":
         raise errors.ConfigError(
             f"--time-to-accuracy needs model.activation=relu, model.output=softmax and plain SGD "
-            f"(optimizer.name=sgd, no weight_decay or clip_norm); {args.config} has "
-            f"{m.activation}, {m.output}, {o.name}, weight_decay={o.weight_decay}, "
-            f"clip_norm={o.clip_norm}"
+            f"(optimizer.name=sgd, no weight_decay, clip_norm, train.accumulate or plateau "
+            f"schedule); {args.config} has {m.activation}, {m.output}, {o.name}, "
+            f"weight_decay={o.weight_decay}, clip_norm={o.clip_norm}, "
+            f"accumulate={cfg.train.accumulate}, schedule={o.schedule}"
         )
     ds = run.load_dataset(cfg)
     net = train.build_model(cfg, num_features=ds.num_features, num_outputs=ds.num_outputs)
     epochs, batch = cfg.train.epochs, cfg.train.batch_size
     steps_per_epoch = math.ceil(len(ds.x_train) / batch)
-    tx, schedule = train.make_optimizer(o, steps_per_epoch=steps_per_epoch, epochs=epochs)
-    state = train.init_state(net, tx, seed=cfg.train.seed)
+    optimizer = train.make_optimizer(o, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    state = train.init_state(net, optimizer.tx, seed=cfg.train.seed)
     optim = scheduled_sgd(
-        tx, schedule, o.momentum, nesterov=o.nesterov, steps=steps_per_epoch * epochs
-    )
+        optimizer.tx, optimizer.schedule, o.momentum, nesterov=o.nesterov,
+        steps=steps_per_epoch * epochs,
+    )  # fmt: skip
     problem = make_problem(
         ds.x_train, ds.y_train, ds.x_test, ds.y_test,
         sizes=net.sizes, batch_size=batch, epochs=epochs, optim=optim,
