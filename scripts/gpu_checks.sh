@@ -7,6 +7,9 @@
 #               echo /.fmnist/ >> .git/info/exclude
 # Then one device call:  run(command="bash scripts/gpu_checks.sh", carry=[".fmnist"],
 #                            timeout_s=600)
+# and, if device time is left, a second: run(command="bash scripts/gpu_checks.sh sweep", ...)
+# (issue 16: 64 members of the small model in one program against one member alone; target
+# <= 2x the time of one).
 # The device image has jax (CUDA), flax, equinox, optax, orbax, torch and scikit-learn; fmlp
 # runs from the working tree. Results land in $OUT (the device tool brings them back); copy
 # them into benchmarks/ and quote them in benchmarks/RESULTS.md with the card's name.
@@ -16,6 +19,13 @@ OUT=${OUT:-/tmp/gpu_checks}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+
+if [ "${1:-}" = sweep ]; then
+  timeout 500 python3 scripts/bench_sweep.py --data-path .fmnist --cases small --rates 16 \
+    --seeds 4 --epochs 3 --versus one --out "$OUT/bench_sweep_gpu.json" 2>&1 \
+    | tee "$OUT/bench_sweep_gpu.log" || echo "exit status $? (124: timed out)"
+  exit 0
+fi
 
 # Issue 4: peers side by side (includes the 8192-wide bf16 case on GPU), and time to 89.5%.
 timeout 280 python3 scripts/bench.py --data-path .fmnist --sweep '' --epochs 3 --rounds 3 \
