@@ -415,7 +415,7 @@ def load_dataset(
         label=d.label,
         features=d.features,
         categorical=d.categorical,
-        task=nn.HEADS[cfg.model.output].task,
+        task=nn.HEADS[cfg.model.loss].task,
     )
 
 
@@ -580,9 +580,13 @@ def set_up(
                 f"train.batch_size={tc.batch_size} is more than the {n} training examples of "
                 f"data.name={cfg.data.name}; choose train.batch_size <= {n}"
             )
-        net = train.build_model(
-            cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs
+        class_weight = train.class_weights(
+            cfg.data.class_weight, dataset.y_train, dataset.num_classes
         )
+        net = train.build_model(
+            cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs,
+            class_weight=class_weight,
+        )  # fmt: skip
         train.check_model_fits(net, batch_size=tc.batch_size)
         steps_per_epoch = math.ceil(len(dataset.x_train) / tc.batch_size)
         tx, schedule = train.make_optimizer(
@@ -612,7 +616,7 @@ def set_up(
 
 
 def _checkpoint_options(cfg: config.Config, net: nn.MLP) -> dict[str, Any]:
-    best_mode = "max" if net.head.task == "classification" else "min"
+    best_mode = "max" if train.metric_name(net) == "accuracy" else "min"
     return {"keep": cfg.train.keep_checkpoints, "best_mode": best_mode}
 
 
@@ -719,7 +723,7 @@ def compile_programs(run: Run) -> Programs:
     start = time.perf_counter()
     epoch = train.make_epoch(
         run.net.loss, run.tx, n=n, batch_size=tc.batch_size, gradients=tc.gradients,
-        unroll=tc.unroll, layout=run.layout,
+        unroll=tc.unroll, layout=run.layout, keyed=run.net.stochastic,
         permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
     ).lower(state, x, y).compile()  # fmt: skip
     evaluate = (
@@ -737,7 +741,11 @@ def compile_programs(run: Run) -> Programs:
     if tc.check_gradients_every is not None:
         check = (
             train.make_gradient_check(
-                run.net.loss, n=n, batch_size=tc.batch_size, layout=run.layout
+                run.net.loss,
+                n=n,
+                batch_size=tc.batch_size,
+                layout=run.layout,
+                keyed=run.net.stochastic,
             )
             .lower(state.params, x, y, state.key)
             .compile()
@@ -789,9 +797,14 @@ def finish(
     """
     test = evaluate_split(run.cfg, run.dataset, run.state.params, "test", layout=run.layout)
     total = sum(seconds)
+    metrics = {  # the head's metrics, the validation metric first; lists for per-label ones
+        f"test_{k}": v.tolist() if isinstance(v, np.ndarray) else v
+        for k, v in test.items()
+        if k not in ("loss", "confusion")
+    }
     summary = {
         "test_loss": test["loss"],
-        f"test_{run.metric}": test[run.metric],
+        **metrics,
         "epochs": int(run.state.epoch),
         "examples_per_second": len(run.arrays[0]) * len(seconds) / total if total else None,
         "compile_seconds": programs.compile_seconds,
@@ -818,7 +831,9 @@ def _metrics_row(run: Run, epoch: int, host: dict[str, Any], seconds: float) -> 
         "epoch": epoch,
         "train_loss": float(host["train_loss"]),
         "val_loss": float(host["loss"]) if run.has_val else None,
-        f"val_{run.metric}": float(host[run.metric]) if run.has_val else None,
+        **{
+            f"val_{k}": float(host[k]) if run.has_val else None for k in train.metric_names(run.net)
+        },
         "learning_rate": float(host["lr"]),
         "seconds": seconds,
     }
@@ -1068,8 +1083,9 @@ def predict_file(
     ``input`` is a ``.csv``/``.tsv``/``.parquet``/``.npz`` file with the run's feature columns
     (its label column may be present; it is ignored). The run's saved preprocessing and
     normalizer are applied, as training did. Writes one row per input row: ``prediction``
-    (the class name, or the value; ``prediction_<i>`` for several outputs) and, with
-    ``proba``, ``proba_<class>`` per class, as CSV to ``out`` (stdout when None) or as
+    (the class name, the 0/1 label of a sigmoid head, or the value; ``prediction_<i>`` for
+    several outputs) and, with ``proba``, ``proba_<class>`` per class (``proba``/``proba_<i>``
+    per sigmoid output), as CSV to ``out`` (stdout when None) or as
     Parquet/``.npz`` by ``out``'s ending. The input is read and written in batches of
     ``batch_size`` rows (:data:`PREDICT_BATCH`). Nothing in the run directory is written.
     Returns the number of rows.
@@ -1086,8 +1102,8 @@ def predict_file(
     cfg = run.read_config()
     pre = run.preprocessing(cfg)
     net = run.model(cfg)
-    classes = net.head.task == "classification"
-    if proba and not classes:
+    classes = net.task == "classification"
+    if proba and net.task == "regression":
         raise data.DataError(f"--proba: {run} is a regression run; it has no class probabilities.")
     names = _class_names(pre, net) if classes else None
     mean, std = run.normalizer(cfg) or (np.float32(0.0), np.float32(1.0))
@@ -1107,7 +1123,7 @@ def predict_file(
                 padded = np.zeros((shape, x.shape[1]), np.float32)
                 padded[: len(part)] = part
                 outputs.append(np.asarray(forward(params, padded), np.float32)[: len(part)])
-            writer.write(_prediction_columns(np.concatenate(outputs), names, proba))
+            writer.write(_prediction_columns(np.concatenate(outputs), names, proba, net.task))
             rows += len(x)
     except BaseException:
         writer.abort()
@@ -1133,12 +1149,17 @@ def _class_names(pre: tables.Preprocessing | None, net: nn.MLP) -> tuple[str, ..
 
 
 def _prediction_columns(
-    outputs: np.ndarray, names: tuple[str, ...] | None, proba: bool
+    outputs: np.ndarray, names: tuple[str, ...] | None, proba: bool, task: str
 ) -> dict[str, np.ndarray]:
+    """Classes by name; 0/1 per label (multilabel, where its probability exceeds 1/2), with
+    ``proba`` the probabilities too; regression values."""
     if names is None:
-        if outputs.shape[1] == 1:
-            return {"prediction": outputs[:, 0]}
-        return {f"prediction_{i}": outputs[:, i] for i in range(outputs.shape[1])}
+        suffixes = [""] if outputs.shape[1] == 1 else [f"_{i}" for i in range(outputs.shape[1])]
+        values = (outputs > 0.5).astype(np.int32) if task == "multilabel" else outputs
+        columns = {f"prediction{s}": values[:, i] for i, s in enumerate(suffixes)}
+        if proba:
+            columns |= {f"proba{s}": outputs[:, i] for i, s in enumerate(suffixes)}
+        return columns
     columns = {"prediction": np.asarray(names)[np.argmax(outputs, axis=1)]}
     if proba:
         columns |= {f"proba_{c}": outputs[:, i] for i, c in enumerate(names)}

@@ -4,10 +4,10 @@ They take scikit-learn's ``MLPClassifier``/``MLPRegressor`` parameter names and 
 conventions (``fit``/``predict``/``score``/``partial_fit``, ``get_params``/``set_params``,
 ``clone``, pipelines, grid search; parameters declared in ``_parameter_constraints`` and
 checked by scikit-learn's own validation), but the model is fmlp's: one :class:`fmlp.nn.MLP`
-per fit, whose head (:data:`fmlp.nn.HEADS`: ``softmax`` for the classifier, ``identity`` for
-the regressor) gives the loss as a gate (:func:`fmlp.gates.softmax_cross_entropy` or
-:func:`fmlp.gates.squared_error`); the gradients come from fmlp's engine
-(:func:`fmlp.value_and_grad`) and the optimizer is optax.
+per fit, whose head (:data:`fmlp.nn.HEADS`: ``cross_entropy`` for the classifier,
+``squared_error`` for the regressor) gives the loss as a gate
+(:func:`fmlp.gates.softmax_cross_entropy` or :func:`fmlp.gates.squared_error`); the gradients
+come from fmlp's engine (:func:`fmlp.value_and_grad`) and the optimizer is optax.
 
 Training. One epoch is the project's compiled epoch, :func:`fmlp.train.make_epoch`: one jitted
 ``lax.scan`` over fixed-shape mini-batches from :func:`fmlp.data.batch_indices` (the last
@@ -139,7 +139,7 @@ def _batch_loss(
       net: the model; its head's per-example loss is ``l`` (:meth:`fmlp.nn.MLP.per_example_loss`).
       params: fmlp MLP parameters.
       x: inputs ``(B, in)``.
-      y: integer class ids ``(B,)`` (``softmax``) or targets ``(B, out)`` (``identity``).
+      y: integer class ids ``(B,)`` (classifier) or targets ``(B, out)`` (regressor).
       w: per-example weights ``(B,)``: sample weight times the padding mask.
       alpha: L2 strength, float32 ``()``.
 
@@ -269,7 +269,7 @@ class _PreparedEpoch(NamedTuple):
 class _BaseMLP(BaseEstimator):
     """The fit loop shared by the classifier and the regressor."""
 
-    _output: str  # the net's head, a name in fmlp.nn.HEADS: "softmax" or "identity"
+    _loss: str  # the net's head, a name in fmlp.nn.HEADS: "cross_entropy" or "squared_error"
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
@@ -416,7 +416,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True.")
         fitted = hasattr(self, "params_")
         first = not fitted or (not incremental and not self.warm_start)
-        is_regressor = nn.HEADS[self._output].task == "regression"
+        is_regressor = nn.HEADS[self._loss].task == "regression"
         y_shape = getattr(y, "shape", ())
         if not is_regressor and len(y_shape) == 2 and y_shape[1] > 1:
             raise ValueError(
@@ -454,7 +454,7 @@ class _BaseMLP(BaseEstimator):
         net = nn.mlp(
             (_padded_width(n_features), *hidden, n_outputs),
             activation=ACTIVATIONS[self.activation],
-            output=self._output,
+            loss=self._loss,
         )
 
         rng = check_random_state(self.random_state)
@@ -464,7 +464,7 @@ class _BaseMLP(BaseEstimator):
             self.t_ = 0
             self.n_layers_ = len(sizes)
             self.n_outputs_ = n_outputs
-            self.out_activation_ = self._output
+            self.out_activation_ = net.output
             self.loss_curve_ = []
             self._no_improvement_count = 0
             self.best_loss_ = None if self.early_stopping else np.inf
@@ -509,7 +509,7 @@ class _BaseMLP(BaseEstimator):
         return _optimizer(*kind, **hyper).init(params)
 
     def _split(self, X, targets, sample_weight, rng):
-        classification = nn.HEADS[self._output].task == "classification"
+        classification = nn.HEADS[self._loss].task == "classification"
         stratify = targets if classification else None
         arrays = [X, targets] + ([] if sample_weight is None else [sample_weight])
         parts = train_test_split(
@@ -701,7 +701,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
       n_features_in_, feature_names_in_: as every scikit-learn estimator.
     """
 
-    _output = "softmax"
+    _loss = "cross_entropy"
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
         """Train on ``X`` (n_samples, n_features) and labels ``y`` (n_samples,).
@@ -804,7 +804,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
       n_features_in_, feature_names_in_: as every scikit-learn estimator.
     """
 
-    _output = "identity"
+    _loss = "squared_error"
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """Train on ``X`` (n_samples, n_features) and targets ``y`` (n_samples[, n_outputs]).

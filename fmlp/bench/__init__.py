@@ -215,13 +215,16 @@ def _run_tta(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     overrides += [f"data.path={args.data_path}"] if args.data_path else []
     cfg = config.resolve(args.config, overrides)
     m, o = cfg.model, cfg.optimizer
-    plain = ("relu", "softmax", "sgd", 0.0, None)
-    if (m.activation, m.output, o.name, o.weight_decay, o.clip_norm) != plain:
+    plain = ("relu", "cross_entropy", "sgd", 0.0, None)
+    blocks = m.dropout or m.layer_norm or m.residual or m.label_smoothing  # others lack them
+    if (m.activation, m.loss, o.name, o.weight_decay, o.clip_norm) != plain or blocks:
         raise errors.ConfigError(
-            f"--time-to-accuracy needs model.activation=relu, model.output=softmax and plain SGD "
+            f"--time-to-accuracy needs model.activation=relu, model.loss=cross_entropy, none of "
+            f"model.dropout, layer_norm, residual and label_smoothing, and plain SGD "
             f"(optimizer.name=sgd, no weight_decay or clip_norm); {args.config} has "
-            f"{m.activation}, {m.output}, {o.name}, weight_decay={o.weight_decay}, "
-            f"clip_norm={o.clip_norm}"
+            f"{m.activation}, {m.loss}, dropout={m.dropout}, layer_norm={m.layer_norm}, "
+            f"residual={m.residual}, label_smoothing={m.label_smoothing}, {o.name}, "
+            f"weight_decay={o.weight_decay}, clip_norm={o.clip_norm}"
         )
     ds = run.load_dataset(cfg)
     net = train.build_model(cfg, num_features=ds.num_features, num_outputs=ds.num_outputs)
