@@ -9,8 +9,11 @@ nothing else reads or writes its files:
   scikit-learn's sets): the feature names in order, the categories of one-hot columns, the
   label and the class names (:class:`fmlp.tables.Preprocessing`);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``val_loss``,
-  ``val_accuracy`` or ``val_mse``, ``learning_rate``, ``seconds``, ``gradient_check``);
-- ``summary.json``: the final test metrics, speed and device; ``eval_<split>.json``;
+  the head's validation metrics: ``val_accuracy`` (and ``val_f1`` for a sigmoid head) or
+  ``val_mse`` and ``val_mae``, then ``learning_rate``, ``seconds``, ``gradient_check``);
+- ``summary.json``: the final test metrics (``test_loss`` and ``test_`` each metric of
+  :func:`fmlp.train.make_evaluate` but the confusion matrix), speed and device;
+  ``eval_<split>.json``;
 - ``checkpoints/`` (orbax, :mod:`fmlp.checkpoint`) and ``plots/``.
 
 :func:`fit` reads top to bottom as the run does: :func:`set_up`, :func:`compile_programs`,
@@ -1000,8 +1003,9 @@ def load(run_dir: PathLike, *, best: bool = False) -> tuple[nn.Params, Callable[
     """Params of a finished (or interrupted) run and a ``predict`` function.
 
     ``predict(x)`` takes raw features ``(B, num_features)`` (it applies the run's saved
-    normalisation) and returns class probabilities ``(B, K)`` for a softmax net, outputs
-    ``(B, out)`` for a regression net.
+    normalisation) and returns class probabilities ``(B, K)`` for a softmax net, label
+    probabilities ``(B, K)`` for a sigmoid net, outputs ``(B, out)`` for a regression net;
+    never with dropout.
     """
     run = RunDir(run_dir)
     cfg = run.read_config()
