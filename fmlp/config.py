@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import operator
 import os
 import re
 import reprlib
@@ -107,10 +108,33 @@ class ModelConfig(_Section):
 
     # _field copies list defaults
     hidden: list[int] = _field([100], min=1, limit=MAX_WIDTH)  # noqa: RUF009
-    activation: str = _field("tanh", choices=nn.ACTIVATIONS)
-    # softmax: classification net, cross-entropy loss; identity: regression net, squared error.
-    output: str = _field("softmax", choices=nn.HEADS)
+    # one for every hidden layer, or a list of one per hidden layer
+    activation: str | list[str] = _field("tanh", choices=nn.ACTIVATIONS)  # noqa: RUF009
+    # the output activation: softmax, sigmoid or identity; null: the one of model.loss
+    output: str | None = _field(None, choices=nn.OUTPUTS)
+    # the head's loss (nn.HEADS); null: the default of model.output (softmax: cross_entropy,
+    # sigmoid: binary_cross_entropy, identity: squared_error), or cross_entropy
+    loss: str | None = _field(None, choices=nn.HEADS)
     init: str = _field("glorot_uniform", choices=nn.INITIALIZERS)
+    # dropout rate after each hidden activation in training, or a list of one per layer
+    dropout: float | list[float] = _field(0.0, min=0.0, max=1.0, max_exclusive=True)  # noqa: RUF009
+    layer_norm: bool = _field(False)  # normalise each hidden layer's pre-activations
+    residual: bool = _field(False)  # skip connections between hidden layers of equal width
+    # classification heads: mix the targets with uniform ones by this much
+    label_smoothing: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:  # the checks that need several keys are the net's own
+            net = nn.mlp(
+                [1, *self.hidden, 1], activation=self.activation, output=self.output,
+                loss=self.loss, dropout=self.dropout, residual=self.residual,
+                label_smoothing=self.label_smoothing,
+            )  # fmt: skip
+        except ValueError as err:  # the message starts with the option's name
+            raise ConfigError(f"{self._prefix}{err}") from None
+        object.__setattr__(self, "loss", net.loss_name)
+        object.__setattr__(self, "output", net.output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +159,10 @@ class DataConfig(_Section):
     features: list[str] | None = _field(None, pattern=_COLUMN)  # noqa: RUF009
     # feature columns one-hot encoded, with the categories of the training file
     categorical: list[str] = _field([], pattern=_COLUMN)  # noqa: RUF009
+    # cross_entropy: weigh each class's loss; balanced: n / (classes * n_class), or a list
+    class_weight: str | list[float] | None = _field(  # noqa: RUF009
+        None, choices=("balanced",), min=0.0, min_exclusive=True
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +321,8 @@ class Config(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        head, name = self.model.output, self.data.name
-        head_task, data_task = nn.HEADS[head].task, data.DATASET_TASKS[name]
+        m, name = self.model, self.data.name
+        head_task, data_task = nn.HEADS[m.loss].task, data.DATASET_TASKS[name]
         if name == "table":
             for key in ("train", "label"):
                 if getattr(self.data, key) is None:
@@ -306,8 +334,14 @@ class Config(_Section):
         if data_task is not None and head_task != data_task:  # None: the head sets the task
             fitting = [o for o, h in nn.HEADS.items() if h.task == data_task]
             raise ConfigError(
-                f"model.output={head!r} is a {head_task} head but data.name={name!r} is a "
-                f"{data_task} set; expected model.output={fitting[0]} for this data"
+                f"model.loss={m.loss!r} (model.output={m.output!r}) is a {head_task} head but "
+                f"data.name={name!r} is a {data_task} set; expected model.loss="
+                f"{' or '.join(fitting)} for this data"
+            )
+        if self.data.class_weight is not None and m.loss != "cross_entropy":
+            raise ConfigError(
+                f"data.class_weight: weighs the classes of a cross_entropy head, but "
+                f"model.loss={m.loss!r}; set data.class_weight: null"
             )
         dist = self.distributed
         if None not in (dist.num_processes, dist.process_id) and (
@@ -363,12 +397,21 @@ def _show(value: Any) -> str:
 
 
 def _optional_inner(tp: Any) -> Any | None:
-    """The ``X`` of ``X | None``, or ``None`` if ``tp`` is not optional."""
+    """The ``X`` of ``X | None`` (``X`` may be a union itself), or ``None`` if ``tp`` is not
+    optional."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) is types.UnionType and type(None) in args:
-        (inner,) = (a for a in args if a is not type(None))
-        return inner
+        return functools.reduce(operator.or_, (a for a in args if a is not type(None)))
     return None
+
+
+def _one_or_list(tp: Any) -> tuple[Any, Any] | None:
+    """``(X, list[Y])`` of a union ``X | list[Y]`` (one value, or a list of them), else None."""
+    if typing.get_origin(tp) is not types.UnionType:
+        return None
+    (one,) = (a for a in typing.get_args(tp) if typing.get_origin(a) is not list)
+    (many,) = (a for a in typing.get_args(tp) if typing.get_origin(a) is list)
+    return one, many
 
 
 def _describe(tp: Any) -> str:
@@ -376,6 +419,8 @@ def _describe(tp: Any) -> str:
     inner = _optional_inner(tp)
     if inner is not None:
         return f"{_describe(inner)} or null"
+    if _one_or_list(tp) is not None:
+        return " or ".join(map(_describe, _one_or_list(tp)))
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
         return f"a list of {_TYPE_NAMES[item].split(' ')[0]}s"
@@ -430,13 +475,22 @@ def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         tp = inner
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
+    if _one_or_list(tp) is not None:
+        one, many = _one_or_list(tp)
+        if isinstance(value, list | tuple):
+            return _check(path, value, many, meta)
+        if not _has_type(value, one):
+            names = meta.get("choices") if one is str else None
+            expected = _describe(declared) if names is None else f"one of {', '.join(names)}"
+            raise ConfigError(f"{path}: expected {expected} (or a list), got {_show(value)}")
+        tp = one
     if typing.get_origin(tp) is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected {_describe(declared)}, got {_show(value)}")
         (item,) = typing.get_args(tp)
         return [_check(f"{path}[{i}]", v, item, meta) for i, v in enumerate(value)]
+    choices = meta.get("choices") if tp is str else None  # names; bounds are for numbers
     if not _has_type(value, tp):
-        choices = meta.get("choices")
         expected = f"one of {', '.join(choices)}" if choices is not None else _describe(declared)
         hint = ""
         if tp is str and isinstance(value, bool):
@@ -446,7 +500,6 @@ def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"{path}: expected a finite number, got {_show(value)}")
-    choices = meta.get("choices")
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(value, choices, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -456,12 +509,12 @@ def _check(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
     pattern = meta.get("pattern")
     if pattern is not None and not re.fullmatch(pattern[0], value):
         raise ConfigError(f"{path}: expected {pattern[1]}, got {_excerpt(value)}")
-    if not _in_bounds(value, meta):
+    if tp in (int, float) and not _in_bounds(value, meta):
         raise ConfigError(
             f"{path}: expected {_describe(tp)} {_bounds(meta)}, got {_excerpt(value)}"
         )
     limit = meta.get("limit")
-    if limit is not None and value > limit:
+    if limit is not None and tp in (int, float) and value > limit:
         raise ConfigError(
             f"{path}: expected at most {limit:,}, got {_excerpt(value)}; no run needs more, "
             "and the value would ask for more memory or time than any machine has"

@@ -3,8 +3,9 @@ synthetic sets, tables (:mod:`fmlp.tables`), batching.
 
 Everything here returns NumPy arrays on the host, except :func:`batch_indices`, which runs
 under ``jax.jit`` so that one epoch's mini-batch order is computed on the device. Features
-are 2-D ``(examples, features)`` float32; classification labels are ``(examples,)`` int32 and
-regression targets are ``(examples, outputs)`` float32.
+are 2-D ``(examples, features)`` float32; classification labels are ``(examples,)`` int32,
+multi-label targets ``(examples, labels)`` float32 in [0, 1] and regression targets
+``(examples, outputs)`` float32.
 
 :func:`load` is the entry point the training loop uses: it reads a named dataset, splits it
 into train/validation/test deterministically, standardises the features with statistics
@@ -55,6 +56,7 @@ DATASET_TASKS: dict[str, str | None] = {
     "digits": "classification",
     "lecture_regression": "regression",
     "lecture_classification": "classification",
+    "lecture_multilabel": "multilabel",
     "iris": "classification",
     "wine": "classification",
     "breast_cancer": "classification",
@@ -75,7 +77,7 @@ TABLE_SOURCES: tuple[str, ...] = ("table", "arrays")
 DATASETS: tuple[str, ...] = tuple(DATASET_TASKS)
 """The names :func:`load` accepts."""
 
-TASKS: tuple[str, ...] = ("classification", "regression")
+TASKS: tuple[str, ...] = ("classification", "multilabel", "regression")
 NORMALIZATIONS: tuple[str, ...] = ("standardize", "none")
 
 TEST_FRACTION = 0.2
@@ -404,6 +406,34 @@ def lecture_classification(
     return x.astype(np.float32), y.astype(np.int32)
 
 
+def lecture_multilabel(
+    n: int = 2000, *, seed: int = 0, inputs: int = 6
+) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label example: each example may carry any of three labels at once.
+
+    The features are standard normal; label 0 says ``x0 + x1 > 0`` (linear), label 1
+    ``x0 x2 > 0`` (an XOR of signs) and label 2 ``x3^2 + x4^2 > 1.4`` (a ring, about half of
+    the examples); further features are noise. A linear classifier gets label 0 only; a small
+    MLP gets all three.
+
+    Args:
+      n: number of examples.
+      seed: seeds a ``numpy.random.Generator``; the same seed gives the same arrays.
+      inputs: number of features, at least 5.
+
+    Returns:
+      ``(x, y)``: float32 features ``(n, inputs)`` and float32 0/1 targets ``(n, 3)``.
+    """
+    _check_positive(n=n)
+    if inputs < 5:
+        raise DataError(f"inputs must be at least 5 (the labels read x0..x4), got {inputs}.")
+    x = np.random.default_rng(seed).normal(size=(n, inputs))
+    y = np.stack(
+        [x[:, 0] + x[:, 1] > 0, x[:, 0] * x[:, 2] > 0, x[:, 3] ** 2 + x[:, 4] ** 2 > 1.4], axis=1
+    )
+    return x.astype(np.float32), y.astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -421,8 +451,9 @@ def validate(
     Args:
       x: features of shape ``(examples, features)``; every value must be finite.
       y: int labels of shape ``(examples,)`` for classification, in ``[0, num_classes)``;
-        finite float targets of shape ``(examples, outputs)`` for regression.
-      task: ``"classification"`` or ``"regression"``.
+        float targets in [0, 1] of shape ``(examples, labels)`` for multilabel (0/1 or
+        probabilities); finite float targets of shape ``(examples, outputs)`` for regression.
+      task: one of :data:`TASKS`.
       num_classes: the number of classes the model predicts (classification only).
       num_features: the number of features the model expects; ``None`` skips the check.
       name: what the arrays are called in error messages (a file, a split).
@@ -455,24 +486,27 @@ def validate(
             f"{name}: {int(bad_x.sum())} feature values are NaN or Inf, the first in row {row}; "
             "clean or drop those examples."
         )
-    if task == "regression":
-        _validate_targets(y, name)
-    else:
+    if task == "classification":
         _validate_labels(y, num_classes, name)
+    else:
+        _validate_targets(y, name, task)
 
 
-def _validate_targets(y: np.ndarray, name: str) -> None:
+def _validate_targets(y: np.ndarray, name: str, task: str) -> None:
     if y.ndim != 2 or not np.issubdtype(y.dtype, np.floating):
         raise DataError(
-            f"{name}: regression targets must be floats of shape (examples, outputs), "
+            f"{name}: {task} targets must be floats of shape (examples, outputs), "
             f"got {y.dtype} of shape {y.shape}."
         )
     bad_y = ~np.isfinite(y)
+    if task == "multilabel":
+        bad_y |= (y < 0) | (y > 1)
     if bad_y.any():
         row = int(np.argmax(bad_y.any(axis=1)))
+        what = "outside [0, 1] (0/1 labels or probabilities)" if task == "multilabel" else ""
         raise DataError(
-            f"{name}: {int(bad_y.sum())} regression targets are NaN or Inf, the first in row "
-            f"{row}; clean or drop those examples."
+            f"{name}: {int(bad_y.sum())} {task} targets are NaN or Inf{' or ' * bool(what)}"
+            f"{what}, the first in row {row}; clean or drop those examples."
         )
 
 
@@ -512,7 +546,8 @@ class Dataset:
     """A dataset split three ways, ready for training.
 
     ``x_*`` are float32 ``(examples, num_features)``; ``y_*`` are int32 ``(examples,)`` labels
-    for classification or float32 ``(examples, num_outputs)`` targets for regression.
+    for classification or float32 ``(examples, num_outputs)`` targets for multilabel (0/1)
+    and regression.
     ``mean`` and ``std`` (float32, ``(num_features,)``) are the normaliser fitted on
     ``x_train`` and already applied to every split; both are ``None`` when not normalised.
     ``preprocessing`` (tables and scikit-learn's sets) names the features and classes and
@@ -582,6 +617,9 @@ def _read(
     elif name == "lecture_regression":
         x, y = lecture_regression(synthetic_examples)
         task, num_classes = "regression", None
+    elif name == "lecture_multilabel":
+        x, y = lecture_multilabel(synthetic_examples)
+        task, num_classes = "multilabel", None
     else:
         num_classes = 3
         x, y = lecture_classification(synthetic_examples, classes=num_classes)

@@ -127,8 +127,9 @@ def _fit(ct: Array, x: Any, gate_name: str) -> Array:
 class Tracked:
     """A value the engine differentiates: an array (or tracer) plus its place on the tape.
 
-    Gates and the Python operators ``+ - * / @`` and unary ``-`` (mapped to gates) work on it;
-    every other operation raises :class:`NonDifferentiableError` naming that operation.
+    Gates and the Python operators ``+ - * / @ **``, unary ``-``, ``abs()`` and indexing
+    ``x[...]`` (mapped to gates by :func:`define_operators`) work on it; every other operation
+    raises :class:`NonDifferentiableError` naming that operation and the nearest gate.
     """
 
     __slots__ = ("_id", "_tape", "value")
@@ -205,26 +206,34 @@ _ARRAY_METHODS = frozenset(
 )
 
 
-def _unsupported_operator(symbol: str) -> Callable[..., Any]:
+def _unsupported_operator(symbol: str, name: str) -> Callable[..., Any]:
     def method(self: Tracked, *args: Any) -> Any:
-        raise non_differentiable(f"the operator {symbol}")
+        raise non_differentiable(f"the operator {symbol}", name)
 
     return method
 
 
-for _name, _symbol in {
-    "__pow__": "**", "__rpow__": "**", "__mod__": "%", "__rmod__": "%", "__floordiv__": "//",
-    "__rfloordiv__": "//", "__abs__": "abs()", "__lt__": "<", "__le__": "<=", "__gt__": ">",
-    "__ge__": ">=", "__eq__": "==", "__ne__": "!=", "__and__": "&", "__or__": "|",
-    "__xor__": "^", "__invert__": "~", "__round__": "round()",
+# Operators without a gate until define_operators maps them; each with the numpy name of its
+# operation, which a gate may claim as an alias so that the error suggests it.
+for _name, (_symbol, _op) in {
+    "__pow__": ("**", "power"), "__rpow__": ("**", "power"), "__mod__": ("%", "remainder"),
+    "__rmod__": ("%", "remainder"), "__floordiv__": ("//", "floor_divide"),
+    "__rfloordiv__": ("//", "floor_divide"), "__abs__": ("abs()", "absolute"),
+    "__lt__": ("<", "less"), "__le__": ("<=", "less_equal"), "__gt__": (">", "greater"),
+    "__ge__": (">=", "greater_equal"), "__eq__": ("==", "equal"), "__ne__": ("!=", "not_equal"),
+    "__and__": ("&", "logical_and"), "__or__": ("|", "logical_or"),
+    "__xor__": ("^", "logical_xor"), "__invert__": ("~", "logical_not"),
+    "__round__": ("round()", "round"),
 }.items():  # fmt: skip
-    setattr(Tracked, _name, _unsupported_operator(_symbol))
+    setattr(Tracked, _name, _unsupported_operator(_symbol, _op))
 
 
 _UFUNC_OPERATORS = {
     "add": "__add__", "subtract": "__sub__", "multiply": "__mul__", "divide": "__truediv__",
-    "matmul": "__matmul__", "negative": "__neg__", "positive": "__pos__",
+    "matmul": "__matmul__", "negative": "__neg__", "positive": "__pos__", "power": "__pow__",
+    "absolute": "__abs__",
 }  # fmt: skip
+_UNARY_OPERATORS = ("__neg__", "__pos__", "__abs__")
 _OPERATOR_GATES: dict[str, Callable[..., Any]] = {}
 
 
@@ -235,7 +244,7 @@ def define_operators(table: dict[str, Callable[..., Any]]) -> None:
     """
     _OPERATOR_GATES.update(table)
     for name, fn in table.items():
-        if name in ("__neg__", "__pos__"):
+        if name in _UNARY_OPERATORS:
             setattr(Tracked, name, lambda self, fn=fn: fn(self))
         elif name.startswith("__"):
             setattr(Tracked, name, lambda self, other, fn=fn: fn(self, other))
@@ -262,7 +271,8 @@ class Gate:
 
     Calling the gate computes ``forward``; if any input is a tracked value, the call is also
     recorded for the backward pass. ``symbol`` is what :func:`fmlp.viz.graph` draws for a call
-    (default: ``name``).
+    (default: ``name``); ``aliases`` are names of operations this gate stands in for (``pow``
+    for ``power``), which :class:`NonDifferentiableError` suggests it for.
     """
 
     name: str
@@ -270,6 +280,7 @@ class Gate:
     vjp: Callable[..., tuple[Array | None, ...]]
     samples: SampleFn
     symbol: str | None = None
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.symbol is None:
@@ -304,6 +315,7 @@ def register(
     samples: SampleFn,
     *,
     symbol: str | None = None,
+    aliases: Sequence[str] = (),
     replace: bool = False,
 ) -> Gate:
     """Create a gate and add it to :data:`REGISTRY` (it is then ``fmlp.gates.<name>``).
@@ -314,6 +326,8 @@ def register(
       vjp: ``vjp(g, out, *inputs, **params) -> tuple`` of one cotangent (or ``None``) per input.
       samples: ``samples(key, dtype) -> list[Sample]`` of inputs on which to check the VJP.
       symbol: what :func:`fmlp.viz.graph` draws for a call, e.g. ``"+"`` (default: ``name``).
+      aliases: names of operations (JAX or numpy functions, array methods) the gate stands in
+        for: an error about one of them on a tracked value suggests this gate.
       replace: allow overwriting an existing gate of the same name.
 
     Returns:
@@ -327,7 +341,7 @@ def register(
         raise ValueError(
             f"A gate named {name!r} is already registered; pass replace=True to overwrite it."
         )
-    gate = Gate(name, forward, vjp, samples, symbol)
+    gate = Gate(name, forward, vjp, samples, symbol, tuple(aliases))
     REGISTRY[name] = gate
     return gate
 
@@ -383,10 +397,12 @@ def _user_frame(frames: Sequence[types.FrameType]) -> types.FrameType | None:
 
 
 def _suggestion(candidates: Sequence[str]) -> str:
+    aliases = {alias: gate.name for gate in REGISTRY.values() for alias in gate.aliases}
     for name in candidates:
         name = name.lstrip("_").removeprefix("reduce_")
-        if name in REGISTRY:
-            return f"Use the gate fmlp.gates.{name} instead."
+        gate = name if name in REGISTRY else aliases.get(name)
+        if gate is not None:
+            return f"Use the gate fmlp.gates.{gate} instead."
     return (
         "Write it with gates (fmlp.gates.REGISTRY lists them), or register a gate with its own "
         "VJP via fmlp.gates.register(...)."
@@ -409,11 +425,12 @@ def non_differentiable(
         path, lineno = frame.f_code.co_filename, frame.f_lineno
         line = linecache.getline(path, lineno).strip()
         where = f" at {path}:{lineno}" + (f" (`{line}`)" if line else "")
-    called = re.findall(r"(\w+)\s*\(", line)
+    # The operation's own names; failing those, the functions the user's line calls.
+    candidates = names or reversed(re.findall(r"(\w+)\s*\(", line))
     return NonDifferentiableError(
         f"fmlp cannot differentiate {op} applied to a tracked value{where}: only gates have "
         f"backward rules, and a silent zero gradient would be wrong. "
-        f"{_suggestion([*names, *reversed(called)])}"
+        f"{_suggestion(list(candidates))}"
     )
 
 

@@ -15,7 +15,19 @@ sums it back to the input's shape in one place (:func:`fmlp.engine.unbroadcast`)
 means "no cotangent" (integer labels, shapes).
 
 Calling a gate on plain arrays or JAX tracers only runs ``forward``, so the same model code
-is differentiable by :func:`jax.grad` (our oracle) and by :func:`fmlp.grad`.
+is differentiable by :func:`jax.grad` (our oracle) and by :func:`fmlp.grad`. The Python
+operators ``+ - * / @ **``, unary ``-``, ``abs()`` and indexing ``x[...]`` on a tracked value
+call the gates ``add``, ..., ``power``, ``negate``, ``abs`` and ``index``.
+
+Ties, where a gate has a kink, follow ``jax.vjp`` of the gate's own forward (tested):
+``relu`` has derivative 0 at 0 and ``leaky_relu`` its slope; ``abs`` has +1 at 0 (and
+``absolute_error`` +1 where output equals target); ``maximum``/``minimum`` of equal values
+give each input half the cotangent, and ``clip`` gives half at a bound (the reference samples
+hold such ties: there the central differences agree too); ``elu`` has ``alpha`` at 0.
+
+The losses (``softmax_cross_entropy``, ``sigmoid_binary_cross_entropy``, ``squared_error``,
+``huber``, ``absolute_error``) return one value per example: the last axis holds the
+outputs (classes, labels) of one example and is reduced.
 """
 
 from __future__ import annotations
@@ -158,11 +170,124 @@ def _astype_samples(key: Array, dtype: Any) -> list[Sample]:
     return [Sample((_normal(rng, s, dtype),), {"dtype": "float64"}) for s in [(), (3,), (4, 3)]]
 
 
-def _regression_samples(key: Array, dtype: Any) -> list[Sample]:
+def _regression_samples(key: Array, dtype: Any, **params: Any) -> list[Sample]:
     cases = [((), ()), ((3,), (3,)), ((4, 3), (4, 3)), ((1, 2), (1, 2)), ((128, 3), (128, 3)),
              ((4, 3), (3,))]  # fmt: skip
     rng = sample_rng(key)
-    return [Sample((_normal(rng, so, dtype), _normal(rng, st, dtype))) for so, st in cases]
+    return [Sample((_normal(rng, so, dtype), _normal(rng, st, dtype)), params) for so, st in cases]
+
+
+def _joined(*sample_fns: SampleFn) -> SampleFn:
+    """The samples of several sample functions, e.g. one per value of a gate's parameter."""
+    return lambda key, dtype: [s for fn in sample_fns for s in fn(key, dtype)]
+
+
+def _power_samples(key: Array, dtype: Any) -> list[Sample]:
+    """Constant integer exponents on any base; tracked exponents on positive bases."""
+    rng = sample_rng(key)
+    constant = [((), 2), ((3,), 3), ((4, 3), 2), ((1, 3), 0), ((128, 3), -1)]
+    tracked = [((), ()), ((3,), (3,)), ((4, 3), (3,)), ((3,), (4, 3)), ((128, 3), (128, 3))]
+    return [Sample((_normal(rng, s, dtype), n)) for s, n in constant] + [
+        Sample((_normal(rng, sx, dtype, low=0.5), _normal(rng, sy, dtype))) for sx, sy in tracked
+    ]
+
+
+def _tie_samples(key: Array, dtype: Any) -> list[Sample]:
+    """Binary samples, and pairs whose entries tie (equal values) in half of the places."""
+    rng = sample_rng(key)
+    x = np.asarray(_normal(rng, (4, 3), dtype))
+    tied = np.where(rng.random((4, 3)) < 0.5, x, np.asarray(_normal(rng, (4, 3), dtype)))
+    return [
+        *_binary_samples()(key, dtype),
+        Sample((jnp.asarray(x), jnp.asarray(tied))),
+        Sample((jnp.asarray(x), jnp.asarray(x[1]))),  # row 1 ties with the broadcast row
+    ]
+
+
+def _clip_samples(key: Array, dtype: Any) -> list[Sample]:
+    rng = sample_rng(key)
+    bounds = {"min": -1.0, "max": 1.0}
+    at_bounds = jnp.asarray(np.array([-1.0, 1.0, 0.3, -2.0, 2.0], jnp.dtype(dtype)))
+    return [
+        *(Sample((2.0 * _normal(rng, s, dtype),), bounds) for s in _UNARY_SHAPES),
+        Sample((_normal(rng, (4, 3), dtype),), {"min": 0.0}),
+        Sample((_normal(rng, (4, 3), dtype),), {"max": 0.5}),
+        Sample((at_bounds,), bounds),  # a bound's value takes half the cotangent
+    ]
+
+
+def _logsumexp_samples(key: Array, dtype: Any) -> list[Sample]:
+    extreme = jnp.array([[1e4, -1e4, 0.0, 2.0], [-1e4, -1e4, -1e4, -1e4]], dtype)
+    return [
+        *_reduction_samples(key, dtype),
+        Sample((extreme,), {"axis": -1}),
+        Sample((extreme,), {"axis": None}),
+    ]
+
+
+def _reshape_samples(key: Array, dtype: Any) -> list[Sample]:
+    cases = [((4, 3), (12,)), ((4, 3), (3, 4)), ((12,), (3, -1)), ((), (1, 1)),
+             ((2, 4, 3), (8, 3)), ((128, 3), (-1,))]  # fmt: skip
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, s, dtype),), {"shape": shape}) for s, shape in cases]
+
+
+def _concatenate_samples(key: Array, dtype: Any) -> list[Sample]:
+    cases = [([(2, 3), (4, 3)], 0), ([(4, 2), (4, 3), (4, 1)], 1), ([(3,), (2,)], 0),
+             ([(2, 3, 2), (2, 1, 2)], -2), ([(128, 3), (128, 1)], -1), ([(1, 3)], 0)]  # fmt: skip
+    rng = sample_rng(key)
+    return [
+        Sample(tuple(_normal(rng, s, dtype) for s in shapes), {"axis": axis})
+        for shapes, axis in cases
+    ]
+
+
+def _index_samples(key: Array, dtype: Any) -> list[Sample]:
+    cases = [
+        ((4, 3), (slice(None), slice(None, 2))),  # x[:, :2]
+        ((4, 3), 1),  # x[1]
+        ((4, 3), (Ellipsis, -1)),  # x[..., -1]
+        ((5,), slice(1, 4)),
+        ((5,), slice(None, None, 2)),
+        ((2, 4, 3), (0, slice(1, 3), None)),
+        ((128, 3), (slice(None), 0)),
+        ((4, 3), np.array([0, 2, 2])),  # a repeated row: its cotangents add up
+    ]
+    rng = sample_rng(key)
+    return [Sample((_normal(rng, s, dtype),), {"at": at}) for s, at in cases]
+
+
+def _dropout_samples(key: Array, dtype: Any) -> list[Sample]:
+    rng = sample_rng(key)
+    keys = [jnp.asarray(rng.integers(0, 2**32, 2, dtype=np.uint32)) for _ in range(4)]
+    typed = jax.random.wrap_key_data(keys[3])
+    return [
+        Sample((_normal(rng, (4, 3), dtype), keys[0]), {"rate": 0.5}),
+        Sample((_normal(rng, (128, 3), dtype), keys[1]), {"rate": 0.1}),
+        Sample((_normal(rng, (3,), dtype), keys[2]), {"rate": 0.0}),
+        Sample((_normal(rng, (1, 3), dtype), typed), {"rate": 0.3}),
+    ]
+
+
+def _layer_norm_samples(key: Array, dtype: Any) -> list[Sample]:
+    rng = sample_rng(key)
+    return [
+        Sample((2.0 * _normal(rng, s, dtype), _normal(rng, (5,), dtype), _normal(rng, (5,), dtype)))
+        for s in [*_ROW_SHAPES, (2, 3, 5)]
+    ]
+
+
+def _binary_loss_samples(key: Array, dtype: Any) -> list[Sample]:
+    """(logits, targets): 0/1 integer labels and probabilities, and logits of +-1e4."""
+    rng = sample_rng(key)
+    out = []
+    for shape in [(), (4,), (1, 4), (128, 4)]:
+        logits = 2.0 * _normal(rng, shape, dtype)
+        labels = jnp.asarray(rng.integers(0, 2, shape).astype(np.int32))
+        probs = jnp.asarray(rng.random(shape).astype(jnp.dtype(dtype)))
+        out += [Sample((logits, labels)), Sample((logits, probs))]
+    extreme = jnp.array([[1e4, -1e4, 0.0, 1e4], [-1e4, 1e4, 2.0, -1e4]], dtype)
+    return [*out, Sample((extreme, jnp.array([[1, 0, 1, 0], [1, 0, 0, 0]], jnp.int32)))]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -277,12 +402,175 @@ def _divide_vjp(g: Array, out: Array, x: Array, y: Array) -> tuple[Array, Array]
     return g / y, -g * out / y
 
 
-def _relu_forward(x: Array) -> Array:
-    return jnp.maximum(x, jnp.zeros_like(x))
-
-
 def _leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> Array:
     return jnp.where(x > 0, x, negative_slope * x)
+
+
+def _per_example(elementwise: Array) -> Array:
+    """A loss per example: the sum over the last axis (the outputs), a scalar as it is."""
+    return jnp.sum(elementwise, axis=-1) if elementwise.ndim else elementwise
+
+
+def _per_example_ct(g: Array, like: Array) -> Array:
+    """The cotangent of :func:`_per_example`'s result, spread back over the outputs."""
+    return jnp.expand_dims(g, -1) if like.ndim else g
+
+
+def _is_int(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.integer)
+
+
+def _power(x: Array, y: Array) -> Array:
+    x, y = _broadcast(x, y)
+    if _is_int(y) and not _is_int(x):
+        y = y.astype(x.dtype)  # an integer exponent, exact for negative bases as well
+    elif _is_int(x) and not _is_int(y):
+        x = x.astype(y.dtype)
+    return jnp.power(x, y)
+
+
+def _power_vjp(g: Array, out: Array, x: Array, y: Array) -> tuple[Array | None, Array | None]:
+    # d x^y = (y x^(y-1), x^y log x): 0 for y = 0, and log 0 taken as 0 where x^y = 0
+    xb, yb = _broadcast(x, y)
+    yf = yb.astype(out.dtype)
+    xf = xb.astype(out.dtype)
+    dx = g * jnp.where(yf == 0, jnp.zeros_like(yf), yf * jnp.power(xf, yf - 1))
+    dy = g * out * jnp.log(jnp.where(xf == 0, jnp.ones_like(xf), xf))
+    return (None if _is_int(x) else dx), (None if _is_int(y) else dy)
+
+
+def _extremum_vjp(pick: Any) -> Any:
+    def vjp(g: Array, out: Array, x: Array, y: Array) -> tuple[Array, Array]:
+        # d max(x, y) = ([x > y], [y > x]); equal values share the cotangent, 1/2 each
+        x, y = _broadcast(x, y)
+        share = jnp.where(x == y, 0.5, jnp.where(pick(x, y), 1.0, 0.0)).astype(g.dtype)
+        return g * share, g * jnp.where(x == y, share, 1.0 - share)
+
+    return vjp
+
+
+def _clip_vjp(
+    g: Array, out: Array, x: Array, min: float | None = None, max: float | None = None
+) -> tuple[Array]:
+    # d clip = 1 strictly inside [min, max], 0 outside, 1/2 at a bound (as maximum's ties)
+    lo = -jnp.inf if min is None else min
+    hi = jnp.inf if max is None else max
+    inside = jnp.where((x > lo) & (x < hi), 1.0, 0.0)
+    return (g * jnp.where((x == lo) | (x == hi), 0.5, inside).astype(g.dtype),)
+
+
+def _gelu_vjp(g: Array, out: Array, x: Array, approximate: bool = False) -> tuple[Array]:
+    if approximate:
+        # gelu = x (1 + t) / 2, t = tanh(c (x + a x^3)):
+        # d gelu = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2
+        c, a = math.sqrt(2.0 / math.pi), 0.044715
+        t = jnp.tanh(c * (x + a * x * x * x))
+        return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * a * x * x)),)
+    # gelu = x Φ(x):  d = Φ(x) + x φ(x)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+    pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return (g * (cdf + x * pdf),)
+
+
+def _silu_vjp(g: Array, out: Array, x: Array) -> tuple[Array]:
+    # d x σ(x) = σ(x) (1 + x (1 - σ(x)))
+    s = jax.nn.sigmoid(x)
+    return (g * s * (1.0 + x * (1.0 - s)),)
+
+
+def _index_vjp(g: Array, out: Array, x: Array, at: Any) -> tuple[Array]:
+    # d x[at] scatters back: zeros of x's shape, with g added at the indexed places
+    return (jnp.zeros(x.shape, g.dtype).at[at].add(g),)
+
+
+def _concatenate_vjp(g: Array, out: Array, *xs: Array, axis: int = 0) -> tuple[Array, ...]:
+    # d concatenate = the cotangent cut back into the inputs' pieces along the axis
+    ends = np.cumsum([jnp.shape(x)[axis] for x in xs])[:-1]
+    return tuple(jnp.split(g, ends, axis=axis))
+
+
+def _keep(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
+    """The dropout mask: True for each kept entry, with probability ``1 - rate``."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate!r}.")
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def _dropout(x: Array, key: Array, *, rate: float) -> Array:
+    keep = _keep(key, rate, jnp.shape(x))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _dropout_vjp(g: Array, out: Array, x: Array, key: Array, *, rate: float) -> tuple:
+    # d dropout = mask / (1 - rate), the same mask: drawn again from the same key
+    keep = _keep(key, rate, jnp.shape(x))
+    return jnp.where(keep, g / (1.0 - rate), jnp.zeros_like(g)), None
+
+
+def _normalized(x: Array, eps: float) -> tuple[Array, Array]:
+    """``(x̂, 1 / σ)`` over the last axis: ``x̂ = (x - μ) / σ`` with ``σ = sqrt(var + eps)``."""
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
+    return centred * rstd, rstd
+
+
+def _layer_norm(x: Array, scale: Array, offset: Array, eps: float = 1e-5) -> Array:
+    x_hat, _ = _normalized(x, eps)
+    return jnp.add(*_broadcast(jnp.multiply(*_broadcast(x_hat, scale)), offset))
+
+
+def _layer_norm_vjp(
+    g: Array, out: Array, x: Array, scale: Array, offset: Array, eps: float = 1e-5
+) -> tuple[Array, Array, Array]:
+    # y = x̂ γ + β:  dx = (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ with ĝ = g γ;  dγ = g x̂;  dβ = g
+    x_hat, rstd = _normalized(x, eps)
+    g_hat = jnp.multiply(*_broadcast(g, scale))
+    mean = lambda a: jnp.mean(a, axis=-1, keepdims=True)
+    return rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)), g * x_hat, g
+
+
+def _check_same_shape(name: str, outputs: Array, targets: Array) -> None:
+    if jnp.shape(targets) != jnp.shape(outputs):
+        raise ValueError(
+            f"{name}: targets must have the logits' shape {jnp.shape(outputs)}, got "
+            f"{jnp.shape(targets)}."
+        )
+
+
+def _sigmoid_binary_cross_entropy(logits: Array, targets: Array) -> Array:
+    _check_same_shape("sigmoid_binary_cross_entropy", logits, targets)
+    # softplus(z) - t z = -t log σ(z) - (1 - t) log(1 - σ(z)), finite for any |z|
+    return _per_example(jax.nn.softplus(logits) - logits * targets.astype(logits.dtype))
+
+
+def _sigmoid_binary_cross_entropy_vjp(
+    g: Array, out: Array, logits: Array, targets: Array
+) -> tuple[Array, Array | None]:
+    # l = softplus(z) - t z:  dl/dz = σ(z) - t,  dl/dt = -z
+    g = _per_example_ct(g, logits)
+    d_logits = g * (jax.nn.sigmoid(logits) - targets.astype(logits.dtype))
+    return d_logits, (None if _is_int(targets) else -g * logits)
+
+
+def _huber(outputs: Array, targets: Array, delta: float = 1.0) -> Array:
+    r = jnp.subtract(*_broadcast(outputs, targets))
+    quadratic = jnp.abs(r) <= delta
+    return _per_example(jnp.where(quadratic, 0.5 * r * r, delta * (jnp.abs(r) - 0.5 * delta)))
+
+
+def _huber_vjp(g: Array, out: Array, outputs: Array, targets: Array, delta: float = 1.0):
+    # h(r) = r^2 / 2 for |r| <= δ, else δ (|r| - δ / 2):  dh/dr = clip(r, -δ, δ)
+    o, t = _broadcast(outputs, targets)
+    d = _per_example_ct(g, o) * jnp.clip(o - t, -delta, delta)
+    return d, -d
+
+
+def _absolute_error_vjp(g: Array, out: Array, outputs: Array, targets: Array):
+    # E = sum_j |o_j - t_j|:  dE/do = sign(o - t), +1 where o = t (as abs at 0);  dE/dt = -dE/do
+    o, t = _broadcast(outputs, targets)
+    g = _per_example_ct(g, o)
+    d = jnp.where(o - t >= 0, g, -g)
+    return d, -d
 
 
 # ----------------------------------------------------------------------------- the gates
@@ -364,7 +652,7 @@ sigmoid = register(
 )
 relu = register(
     "relu",
-    _relu_forward,
+    jax.nn.relu,
     lambda g, out, x: (jnp.where(x > 0, g, jnp.zeros_like(g)),),  # d relu = [x > 0]
     _unary_samples(),
     symbol="ReLU",
@@ -374,8 +662,86 @@ leaky_relu = register(
     _leaky_relu_forward,
     # d leaky_relu = 1 if x > 0 else slope
     lambda g, out, x, negative_slope=0.01: (jnp.where(x > 0, g, negative_slope * g),),
-    _unary_samples(negative_slope=0.1),
+    _joined(_unary_samples(negative_slope=0.1), _unary_samples(negative_slope=0.3)),
     symbol="LeakyReLU",
+)
+gelu = register(
+    "gelu",
+    lambda x, approximate=False: jax.nn.gelu(x, approximate=approximate),
+    _gelu_vjp,
+    _joined(_unary_samples(), _unary_samples(approximate=True)),
+    symbol="GELU",
+)
+silu = register("silu", jax.nn.silu, _silu_vjp, _unary_samples(), symbol="SiLU", aliases=["swish"])
+softplus = register(
+    "softplus",
+    jax.nn.softplus,
+    lambda g, out, x: (g * jax.nn.sigmoid(x),),  # d softplus = σ
+    _joined(_unary_samples(), lambda key, dtype: [Sample((jnp.array([-1e4, 0.0, 1e4], dtype),))]),
+)
+elu = register(
+    "elu",
+    lambda x, alpha=1.0: jax.nn.elu(x, alpha),
+    # d elu = 1 if x > 0 else alpha e^x (= out + alpha)
+    lambda g, out, x, alpha=1.0: (jnp.where(x > 0, g, g * (out + alpha)),),
+    _joined(_unary_samples(), _unary_samples(alpha=0.5)),
+    symbol="ELU",
+)
+power = register(
+    "power",
+    _power,
+    _power_vjp,
+    _power_samples,
+    symbol="**",
+    aliases=["pow", "float_power", "rsqrt", "cbrt", "reciprocal"],
+)
+abs = register(  # shadows the builtin on purpose: fmlp.gates.abs, like jnp.abs
+    "abs",
+    jnp.abs,
+    lambda g, out, x: (jnp.where(x >= 0, g, -g),),  # d |x| = sign(x), +1 at x = 0 (as JAX)
+    _unary_samples(),
+    symbol="|x|",
+    aliases=["absolute", "fabs"],
+)
+sqrt = register(
+    "sqrt",
+    jnp.sqrt,
+    lambda g, out, x: (0.5 * g / out,),  # d sqrt x = 1 / (2 sqrt x)
+    _unary_samples(low=0.1),
+    symbol="√",
+)
+maximum = register(
+    "maximum",
+    lambda x, y: jnp.maximum(*_broadcast(x, y)),
+    _extremum_vjp(jnp.greater),
+    _tie_samples,
+    symbol="max",
+    aliases=["max", "amax", "fmax", "greater", "greater_equal", "where"],
+)
+minimum = register(
+    "minimum",
+    lambda x, y: jnp.minimum(*_broadcast(x, y)),
+    _extremum_vjp(jnp.less),
+    _tie_samples,
+    symbol="min",
+    aliases=["min", "amin", "fmin", "less", "less_equal"],
+)
+clip = register(
+    "clip",
+    lambda x, min=None, max=None: jnp.clip(x, min, max),
+    _clip_vjp,
+    _clip_samples,
+    aliases=["clamp"],
+)
+logsumexp = register(
+    "logsumexp",
+    lambda x, axis=None: jax.nn.logsumexp(x, axis=axis),
+    # d logsumexp = softmax over the reduced axes
+    lambda g, out, x, axis=None: (
+        _expand_reduced(g, x.shape, axis) * jax.nn.softmax(x, axis=axis),
+    ),
+    _logsumexp_samples,
+    symbol="LSE",
 )
 astype = register(
     "astype",
@@ -406,6 +772,29 @@ mean = register(
         _expand_reduced(g, x.shape, axis) / _reduced_count(x.shape, axis),
     ),
     _reduction_samples,
+)
+reshape = register(
+    "reshape",
+    lambda x, shape: jnp.reshape(x, shape),
+    lambda g, out, x, shape: (jnp.reshape(g, jnp.shape(x)),),  # d reshape = reshape back
+    _reshape_samples,
+    aliases=["ravel", "flatten", "expand_dims", "squeeze"],
+)
+concatenate = register(
+    "concatenate",
+    lambda *xs, axis=0: jnp.concatenate(xs, axis=axis),
+    _concatenate_vjp,
+    _concatenate_samples,
+    symbol="concat",
+    aliases=["concat", "stack", "hstack", "vstack", "append"],
+)
+index = register(
+    "index",
+    lambda x, at: x[at],
+    _index_vjp,
+    _index_samples,
+    symbol="[ ]",
+    aliases=["getitem", "take", "slice", "dynamic_slice", "dynamic_index_in_dim"],
 )
 softmax = register(
     "softmax",
@@ -439,8 +828,43 @@ mean_squared_error = register(
     symbol="MSE",
 )
 
+dropout = register("dropout", _dropout, _dropout_vjp, _dropout_samples, symbol="Dropout")
+layer_norm = register(
+    "layer_norm",
+    _layer_norm,
+    _layer_norm_vjp,
+    _layer_norm_samples,
+    symbol="LayerNorm",
+    aliases=["standardize"],
+)
+sigmoid_binary_cross_entropy = register(
+    "sigmoid_binary_cross_entropy",
+    _sigmoid_binary_cross_entropy,
+    _sigmoid_binary_cross_entropy_vjp,
+    _binary_loss_samples,
+    symbol="BCE",
+    aliases=["binary_cross_entropy", "log_sigmoid"],
+)
+huber = register(
+    "huber",
+    _huber,
+    _huber_vjp,
+    _joined(_regression_samples, lambda key, dtype: _regression_samples(key, dtype, delta=0.5)),
+    symbol="Huber",
+    aliases=["huber_loss"],
+)
+absolute_error = register(
+    "absolute_error",
+    lambda outputs, targets: _per_example(jnp.abs(jnp.subtract(*_broadcast(outputs, targets)))),
+    _absolute_error_vjp,
+    _regression_samples,
+    symbol="AbsErr",
+    aliases=["l1_loss"],
+)
+
+
 # ----------------------------------------------------------------------------- Poisson regression
-# The exp head's loss (fmlp.nn.HEADS["exp"]; scikit-learn's MLPRegressor(loss="poisson")): fused
+# The exp head's loss (fmlp.nn.HEADS["poisson"]; scikit-learn's MLPRegressor(loss="poisson")): fused
 # with its activation like softmax_cross_entropy, so its gradient is the canonical exp(s) - t.
 
 
@@ -486,8 +910,12 @@ engine.define_operators(
         "__rtruediv__": lambda a, b: divide(b, a),
         "__matmul__": matmul,
         "__rmatmul__": lambda a, b: matmul(b, a),
+        "__pow__": power,
+        "__rpow__": lambda a, b: power(b, a),
         "__neg__": negate,
         "__pos__": identity,
+        "__abs__": abs,
+        "__getitem__": lambda x, at: index(x, at=at),
         "T": transpose,
     }
 )

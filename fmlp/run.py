@@ -9,10 +9,12 @@ nothing else reads or writes its files:
   scikit-learn's sets): the feature names in order, the categories of one-hot columns, the
   label and the class names (:class:`fmlp.tables.Preprocessing`);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``val_loss``,
-  ``val_accuracy`` or ``val_mse``, ``learning_rate``, ``seconds``, ``gradient_check``), and
+  the head's validation metrics: ``val_accuracy`` (and ``val_f1`` for a sigmoid head) or
+  ``val_mse`` and ``val_mae``, then ``learning_rate``, ``seconds``, ``gradient_check``), and
   ``metrics.csv``: the same rows (``gradient_check``: the largest relative error);
-- ``summary.json``: the final test metrics, the best and stopping epochs, speed, device and
-  provenance (versions, the config's hash); ``eval_<split>.json``;
+- ``summary.json``: the final test metrics (``test_loss`` and ``test_`` each metric of
+  :func:`fmlp.train.make_evaluate` but the confusion matrix), the best and stopping epochs,
+  speed, device and provenance (versions, the config's hash); ``eval_<split>.json``;
 - ``checkpoints/`` (orbax, :mod:`fmlp.checkpoint`), ``plots/`` and, with ``run.tensorboard``,
   ``tensorboard/`` (event files).
 
@@ -329,7 +331,7 @@ class RunDir:
 
     def class_names(self, cfg: config.Config, net: nn.MLP) -> tuple[str, ...] | None:
         """The name of each class id: a table's or scikit-learn set's saved classes,
-        Fashion-MNIST's, else the ids as text; None for a regression run."""
+        Fashion-MNIST's, else the ids as text; None for a regression or multi-label run."""
         if net.head.task != "classification":
             return None
         pre = self.preprocessing(cfg)
@@ -521,7 +523,7 @@ def load_dataset(
         label=d.label,
         features=d.features,
         categorical=d.categorical,
-        task=nn.HEADS[cfg.model.output].task,
+        task=nn.HEADS[cfg.model.loss].task,
     )
 
 
@@ -599,7 +601,7 @@ class Run:
     @property
     def columns(self) -> list[str]:
         """The columns of ``metrics.csv``."""
-        return _columns(self.cfg, self.metric)
+        return _columns(self.cfg, self.net)
 
 
 def _watched(net: nn.MLP, has_val: bool) -> str:
@@ -610,8 +612,10 @@ def _watched(net: nn.MLP, has_val: bool) -> str:
     return "val_accuracy" if train.metric_name(net) == "accuracy" else "val_loss"
 
 
-def _columns(cfg: config.Config, metric: str) -> list[str]:
-    names = ["epoch", "train_loss", "val_loss", f"val_{metric}", "learning_rate", "seconds"]
+def _columns(cfg: config.Config, net: nn.MLP) -> list[str]:
+    """The columns of ``metrics.csv``: those of :func:`metrics_row`, in its order."""
+    metrics = [f"val_{k}" for k in train.metric_names(net)]
+    names = ["epoch", "train_loss", "val_loss", *metrics, "learning_rate", "seconds"]
     return names + ["gradient_check"] * (cfg.train.check_gradients_every is not None)
 
 
@@ -754,7 +758,7 @@ def set_up(
     try:
         given = {} if arrays[0] is None else {"train": arrays[0], "test": arrays[1]}
         d = config.to_dict(cfg)
-        data_key = json.dumps([d["data"], d["parallel"], cfg.train.seed, cfg.model.output])
+        data_key = json.dumps([d["data"], d["parallel"], cfg.train.seed, cfg.model.loss])
         if shared is not None and data_key in shared:
             dataset = shared[data_key][0]
         else:
@@ -766,9 +770,13 @@ def set_up(
                 f"train.batch_size={tc.batch_size} is more than the {n} training examples of "
                 f"data.name={cfg.data.name}; choose train.batch_size <= {n}"
             )
-        net = train.build_model(
-            cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs
+        class_weight = train.class_weights(
+            cfg.data.class_weight, dataset.y_train, dataset.num_classes
         )
+        net = train.build_model(
+            cfg, num_features=dataset.num_features, num_outputs=dataset.num_outputs,
+            class_weight=class_weight,
+        )  # fmt: skip
         train.check_model_fits(net, batch_size=tc.batch_size)
         optimizer = train.make_optimizer(
             cfg.optimizer, steps_per_epoch=math.ceil(n / tc.batch_size), epochs=tc.epochs,
@@ -777,7 +785,7 @@ def set_up(
         state = train.init_state(net, optimizer.tx, seed=tc.seed)
         layout = parallel.layout(cfg.parallel, state, optimizer.tx, batch_size=tc.batch_size)
         has_val = len(dataset.x_val) > 0
-        watched, columns = _watched(net, has_val), _columns(cfg, train.metric_name(net))
+        watched, columns = _watched(net, has_val), _columns(cfg, net)
         if resume is not None:
             run_dir.require_same_data(cfg, dataset, flag="--resume")
             ckpt, state, history = _resume(run_dir, cfg, net, state, main, watched, columns)
@@ -944,7 +952,7 @@ def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = 
     def compiled_epoch(progress: Callable[[Any, Any], None] | None) -> Any:
         return train.make_epoch(
             run.net.loss, run.optimizer.tx, n=n, batch_size=tc.batch_size,
-            gradients=tc.gradients, unroll=tc.unroll, layout=layout,
+            gradients=tc.gradients, unroll=tc.unroll, layout=layout, keyed=run.net.stochastic,
             permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
             progress=progress,
             progress_every=max(1, math.ceil(n / tc.batch_size) // PROGRESS_UPDATES),
@@ -964,9 +972,17 @@ def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = 
     batch = {"n": n, "batch_size": tc.batch_size, "layout": layout}
     on_batch = (state.params, x, y, state.key)
     if tc.check_gradients_every is not None:
-        check = train.make_gradient_check(run.net.loss, **batch).lower(*on_batch).compile()
+        check = (
+            train.make_gradient_check(run.net.loss, **batch, keyed=run.net.stochastic)
+            .lower(*on_batch)
+            .compile()
+        )
     if run.cfg.run.tensorboard and run.cfg.run.histogram_every is not None:
-        gradients = train.make_gradients(run.net.loss, **batch).lower(*on_batch).compile()
+        gradients = (
+            train.make_gradients(run.net.loss, **batch, keyed=run.net.stochastic)
+            .lower(*on_batch)
+            .compile()
+        )
     if run.optimizer.plateau is not None:
         loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=layout.replicated)
         plateau = (
@@ -1045,9 +1061,14 @@ def finish(
     state = _tested_state(run)
     test = evaluate_split(run.cfg, run.dataset, state.params, "test", layout=run.layout)
     total = sum(seconds)
+    metrics = {  # the head's metrics, the validation metric first; lists for per-label ones
+        f"test_{k}": v.tolist() if isinstance(v, np.ndarray) else v
+        for k, v in test.items()
+        if k not in ("loss", "confusion")
+    }
     summary = {
         "test_loss": test["loss"],
-        f"test_{run.metric}": test[run.metric],
+        **metrics,
         "epochs": int(run.state.epoch),
         "best_epoch": run.best.epoch,
         "stopped_epoch": run.stopped,
@@ -1090,7 +1111,9 @@ def metrics_row(run: Run, epoch: int, host: dict[str, Any], seconds: float) -> d
         "epoch": epoch,
         "train_loss": float(host["train_loss"]),
         "val_loss": float(host["loss"]) if run.has_val else None,
-        f"val_{run.metric}": float(host[run.metric]) if run.has_val else None,
+        **{
+            f"val_{k}": float(host[k]) if run.has_val else None for k in train.metric_names(run.net)
+        },
         "learning_rate": float(host["lr"]),
         "seconds": seconds,
     }
@@ -1386,8 +1409,9 @@ def load(run_dir: PathLike, *, best: bool = False) -> tuple[nn.Params, Callable[
     """Params of a finished (or interrupted) run and a ``predict`` function.
 
     ``predict(x)`` takes raw features ``(B, num_features)`` (it applies the run's saved
-    normalisation) and returns class probabilities ``(B, K)`` for a softmax net, outputs
-    ``(B, out)`` for a regression net.
+    normalisation) and returns class probabilities ``(B, K)`` for a softmax net, label
+    probabilities ``(B, K)`` for a sigmoid net, outputs ``(B, out)`` for a regression net;
+    never with dropout.
     """
     run = RunDir(run_dir)
     cfg = run.read_config()
@@ -1473,8 +1497,9 @@ def predict_file(
     ``input`` is a ``.csv``/``.tsv``/``.parquet``/``.npz`` file with the run's feature columns
     (its label column may be present; it is ignored). The run's saved preprocessing and
     normalizer are applied, as training did. Writes one row per input row: ``prediction``
-    (the class name, or the value; ``prediction_<i>`` for several outputs) and, with
-    ``proba``, ``proba_<class>`` per class, as CSV to ``out`` (stdout when None) or as
+    (the class name, the 0/1 label of a sigmoid head, or the value; ``prediction_<i>`` for
+    several outputs) and, with ``proba``, ``proba_<class>`` per class (``proba``/``proba_<i>``
+    per sigmoid output), as CSV to ``out`` (stdout when None) or as
     Parquet/``.npz`` by ``out``'s ending. The input is read and written in batches of
     ``batch_size`` rows (:data:`PREDICT_BATCH`). Nothing in the run directory is written.
     Returns the number of rows.
@@ -1500,7 +1525,7 @@ def predict_file(
                 f"{member} and {run} encode their inputs or name their outputs differently; "
                 "an ensemble averages runs trained on the same data."
             )
-    if proba and names is None:
+    if proba and net.task == "regression":
         raise data.DataError(f"--proba: {run} is a regression run; it has no class probabilities.")
     chunks = _input_chunks(input, cfg, pre, net, batch_size)
     first = next(chunks)  # reads, checks and encodes the first batch before the checkpoint
@@ -1523,7 +1548,7 @@ def predict_file(
                     padded[: len(part)] = part
                     out_part = np.asarray(forward(params, padded), np.float32)[: len(part)]
                     outputs[start : start + len(part)] += out_part / len(models)
-            writer.write(_prediction_columns(outputs, names, proba))
+            writer.write(_prediction_columns(outputs, names, proba, net.task))
             rows += len(x)
     except BaseException:
         writer.abort()
@@ -1543,12 +1568,17 @@ def _out_format(out: PathLike) -> str:
 
 
 def _prediction_columns(
-    outputs: np.ndarray, names: tuple[str, ...] | None, proba: bool
+    outputs: np.ndarray, names: tuple[str, ...] | None, proba: bool, task: str
 ) -> dict[str, np.ndarray]:
+    """Classes by name; 0/1 per label (multilabel, where its probability exceeds 1/2), with
+    ``proba`` the probabilities too; regression values."""
     if names is None:
-        if outputs.shape[1] == 1:
-            return {"prediction": outputs[:, 0]}
-        return {f"prediction_{i}": outputs[:, i] for i in range(outputs.shape[1])}
+        suffixes = [""] if outputs.shape[1] == 1 else [f"_{i}" for i in range(outputs.shape[1])]
+        values = (outputs > 0.5).astype(np.int32) if task == "multilabel" else outputs
+        columns = {f"prediction{s}": values[:, i] for i, s in enumerate(suffixes)}
+        if proba:
+            columns |= {f"proba{s}": outputs[:, i] for i, s in enumerate(suffixes)}
+        return columns
     columns = {"prediction": np.asarray(names)[np.argmax(outputs, axis=1)]}
     if proba:
         columns |= {f"proba_{c}": outputs[:, i] for i, c in enumerate(names)}

@@ -4,9 +4,10 @@ They take scikit-learn's ``MLPClassifier``/``MLPRegressor`` parameters, all of t
 follow its conventions (``fit``/``predict``/``score``/``partial_fit``,
 ``get_params``/``set_params``, ``clone``, pipelines, grid search; parameters declared in
 ``_parameter_constraints`` and checked by scikit-learn's own validation), but the model is
-fmlp's: one :class:`fmlp.nn.MLP` per fit, whose head (:data:`fmlp.nn.HEADS`: ``softmax`` for
-the classifier, ``identity`` or, for ``loss="poisson"``, ``exp`` for the regressor) gives the
-loss as a gate (:func:`fmlp.gates.softmax_cross_entropy`, :func:`fmlp.gates.squared_error`,
+fmlp's: one :class:`fmlp.nn.MLP` per fit, whose head (:data:`fmlp.nn.HEADS`:
+``cross_entropy`` for the classifier, ``squared_error`` or, for ``loss="poisson"``,
+``poisson`` for the regressor) gives the loss as a gate
+(:func:`fmlp.gates.softmax_cross_entropy`, :func:`fmlp.gates.squared_error`,
 :func:`fmlp.gates.exp_poisson_deviance`); the gradients come from fmlp's engine
 (:func:`fmlp.value_and_grad`) and the optimizers are optax's and scipy's.
 
@@ -128,8 +129,8 @@ ACTIVATIONS: dict[str, str] = {
 SOLVERS: tuple[str, ...] = ("lbfgs", "sgd", "adam")
 STOCHASTIC_SOLVERS: tuple[str, ...] = ("sgd", "adam")
 LEARNING_RATES: tuple[str, ...] = ("constant", "invscaling", "adaptive")
-LOSSES: dict[str, str] = {"squared_error": "identity", "poisson": "exp"}
-"""The regressor's ``loss`` -> its head in :data:`fmlp.nn.HEADS` (= ``out_activation_``)."""
+LOSSES: dict[str, str] = {"squared_error": "squared_error", "poisson": "poisson"}
+"""The regressor's ``loss`` -> its head in :data:`fmlp.nn.HEADS`."""
 
 _PREDICT_CHUNK = 256  # rows per compiled forward call: one program for every number of rows
 _DENSE_BLOCK_BYTES = 1 << 26  # sparse rows densified at once by lbfgs and prediction: 64 MiB
@@ -193,7 +194,7 @@ def _loss(
       net: the model; its head's per-example loss is ``l`` (:meth:`fmlp.nn.MLP.per_example_loss`).
       params: fmlp MLP parameters.
       x: inputs ``(B, in)``.
-      y: integer class ids ``(B,)`` (``softmax``) or targets ``(B, out)``.
+      y: integer class ids ``(B,)`` (classifier) or targets ``(B, out)`` (regressor).
       w: per-example weights ``(B,)``: sample weight times the padding mask.
       inv_total: ``1 / sum(w)`` over the batch (or the whole set, when it comes in chunks).
       penalty_scale: ``alpha / 2 * inv_total`` (0 for the chunks after the first).
@@ -559,7 +560,7 @@ class _BaseMLP(BaseEstimator):
     # -- pieces the subclasses provide
 
     def _head(self) -> str:
-        """The net's head, a name in :data:`fmlp.nn.HEADS` (also ``out_activation_``)."""
+        """The net's head, a name in :data:`fmlp.nn.HEADS`."""
         raise NotImplementedError
 
     def _encode_targets(
@@ -693,7 +694,7 @@ class _BaseMLP(BaseEstimator):
         net = nn.mlp(
             (_padded_width(n_features), *hidden, n_outputs),
             activation=ACTIVATIONS[self.activation],
-            output=self._head(),
+            loss=self._head(),
         )
         rng = check_random_state(self.random_state)
         if first:
@@ -702,7 +703,7 @@ class _BaseMLP(BaseEstimator):
             self.t_ = 0
             self.n_layers_ = len(sizes)
             self.n_outputs_ = n_outputs
-            self.out_activation_ = self._head()
+            self.out_activation_ = net.output
         weights = np.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
         if self.solver == "lbfgs":
             self._optimizer = None  # a later partial_fit starts a fresh stochastic solver
@@ -1038,7 +1039,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """
 
     def _head(self) -> str:
-        return "softmax"
+        return "cross_entropy"
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
         """Train on ``X`` (n_samples, n_features), dense or sparse, and labels ``y`` (n_samples,).

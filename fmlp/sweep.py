@@ -581,7 +581,7 @@ def _asked(
     seed = base.train.seed
     sampler = optuna.samplers.RandomSampler(seed) if search == "random" else None
     sampler = sampler or optuna.samplers.TPESampler(seed=seed)
-    maximize = nn.HEADS[base.model.output].task == "classification"
+    maximize = nn.HEADS[base.model.loss].task != "regression"
     study = optuna.create_study(direction="maximize" if maximize else "minimize", sampler=sampler)
     metric = "accuracy" if maximize else "mse"
     done = 0
@@ -671,6 +671,8 @@ def _plot(directory: SweepDir, members: Sequence[Member]) -> None:
 def ensemble_test(members: Sequence[Member]) -> dict[str, Any]:
     """The test metric of the mean of ``members``' probabilities (or outputs)."""
     first = members[0].run
+    if first.net.task == "multilabel":
+        return {}  # averaged label probabilities have no single ensemble accuracy here
     y = first.dataset.y_test
     outputs = 0.0
     for m in members:

@@ -213,13 +213,50 @@ def compute_dtype(precision: str) -> str | None:
     return None if precision == "float32" else precision
 
 
-def build_model(cfg: config.Config, *, num_features: int, num_outputs: int) -> nn.MLP:
-    """The config's net: ``num_features`` inputs, ``model.hidden`` widths, ``num_outputs``."""
+def build_model(
+    cfg: config.Config,
+    *,
+    num_features: int,
+    num_outputs: int,
+    class_weight: tuple[float, ...] | None = None,
+) -> nn.MLP:
+    """The config's net: ``num_features`` inputs, ``model.hidden`` widths, ``num_outputs``.
+
+    ``class_weight`` (:func:`class_weights`) weighs the training loss; evaluation and
+    prediction, which never read it, build the net without.
+    """
     m = cfg.model
     return nn.mlp(
-        [num_features, *m.hidden, num_outputs], activation=m.activation, output=m.output,
-        scheme=m.init, compute_dtype=compute_dtype(cfg.precision),
+        [num_features, *m.hidden, num_outputs], activation=m.activation, loss=m.loss,
+        scheme=m.init, compute_dtype=compute_dtype(cfg.precision), dropout=m.dropout,
+        layer_norm=m.layer_norm, residual=m.residual, label_smoothing=m.label_smoothing,
+        class_weight=class_weight,
     )  # fmt: skip
+
+
+def class_weights(
+    spec: str | list[float] | None, y: Any, num_classes: int | None
+) -> tuple[float, ...] | None:
+    """The per-class loss weights ``data.class_weight`` asks for, from the training labels.
+
+    ``balanced`` weighs class ``k`` by ``n / (K n_k)`` (scikit-learn's rule: each class then
+    carries the same total weight; a class absent from ``y`` gets 1); a list is taken as it is.
+
+    Raises:
+      ConfigError: a list whose length is not the number of classes.
+    """
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(y), minlength=num_classes)
+        weights = np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 1.0)
+        return tuple(float(w) for w in weights)
+    if len(spec) != num_classes:
+        raise ConfigError(
+            f"data.class_weight: expected one weight per class ({num_classes} classes), got "
+            f"{len(spec)}: {spec}"
+        )
+    return tuple(spec)
 
 
 def init_state(net: nn.MLP, tx: optax.GradientTransformation, *, seed: int) -> TrainState:
@@ -307,8 +344,8 @@ def make_step(
     """
     grad_fn = VALUE_AND_GRAD[gradients](loss, has_aux=has_aux)
 
-    def step(params: nn.Params, opt_state: optax.OptState, xb, yb, wb, *extra):
-        value, grads = grad_fn(params, xb, yb, wb, *extra)
+    def step(params: nn.Params, opt_state: optax.OptState, xb, yb, wb, *extra, **keyword):
+        value, grads = grad_fn(params, xb, yb, wb, *extra, **keyword)
         if has_aux:
             value = value[1]  # the reported loss
         new = apply_optimizer(tx, grads, opt_state, params)
@@ -350,6 +387,7 @@ def make_epoch(
     layout: Layout | None = None,
     progress: Callable[[Any, Any], None] | None = None,
     progress_every: int = 1,
+    keyed: bool = False,
 ) -> Callable[..., tuple[TrainState, Array]]:
     """The one compiled epoch: ``epoch(state, x, y, w=None, *extra) -> (state, mean loss)``.
 
@@ -384,6 +422,9 @@ def make_epoch(
         asynchronous: no sync with the device) after every ``progress_every``-th step and the
         last; ``loss_sum`` is the sum of the example losses so far (divide by the examples
         seen for the running mean). The params are the same with or without it.
+      keyed: the loss takes ``key=``, a fresh PRNG key each step (dropout), from
+        :func:`step_keys`: they follow from ``state.key`` as the order does, so a resumed run
+        draws the same masks as an uninterrupted one.
     """
     step_fn = make_step(loss, tx, gradients=gradients, skip_empty=skip_empty, has_aux=has_aux)
 
@@ -399,11 +440,12 @@ def make_epoch(
             if progress is not None:
                 *batch, done = batch
             if permute:
-                xb, yb, wb = batch
+                xb, yb, wb, *step_key = batch
             else:
-                rows, wb = batch
+                rows, wb, *step_key = batch
                 xb, yb, wb = shard(x[rows], y[rows], wb)
-            params, opt_state, weighted = step_fn(params, opt_state, xb, yb, wb, *extra)
+            keyword = {"key": step_key[0]} if keyed else {}
+            params, opt_state, weighted = step_fn(params, opt_state, xb, yb, wb, *extra, **keyword)
             total = total + weighted
             if progress is not None:
                 jax.lax.cond(
@@ -414,6 +456,8 @@ def make_epoch(
             return (params, opt_state, total), None
 
         batches = shard(x[idx], y[idx], weights, stacked=True) if permute else (idx, weights)
+        if keyed:
+            batches = (*batches, step_keys(state.key, steps))
         if progress is not None:
             batches = (*batches, jnp.arange(1, steps + 1, dtype=jnp.int32))
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(state.params)))
@@ -468,6 +512,12 @@ def make_streamed_epoch(
     return epoch
 
 
+def step_keys(key: Array, steps: int) -> Array:
+    """The dropout keys ``(steps, 2)`` of the epoch that the state's ``key`` orders."""
+    _, order_key = jax.random.split(key)
+    return jax.random.split(jax.random.fold_in(order_key, 1), steps)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -476,17 +526,24 @@ def make_evaluate(
 ) -> Callable[[nn.Params, Array, Array], dict[str, Array]]:
     """A jitted ``evaluate(params, x, y)`` over ``n`` examples, in fixed-shape batches.
 
-    Returns ``loss`` (mean per-example loss of ``net``'s head) and, for a classification
-    head, ``accuracy`` and the ``confusion`` matrix (true class x predicted class, counts);
-    for regression ``mse`` (mean over examples and outputs of ``(o - t)^2``, ``o`` the head's
-    outputs). With a ``layout``, the batch (rounded up to a multiple of the ``data`` axis; the
-    padding is masked) is split over ``data``.
+    Returns ``loss`` (mean per-example loss of ``net``'s head, without dropout, label
+    smoothing or class weights) and the metrics of its task (:func:`metric_names`):
+
+    - classification: ``accuracy`` and the ``confusion`` matrix (true x predicted, counts);
+    - multilabel (sigmoid outputs, a label predicted where its probability exceeds 1/2):
+      ``accuracy`` over every label of every example, ``f1`` (the mean of the labels'),
+      ``label_accuracy`` and ``label_f1`` ``(K,)`` (F1 is 0 for a label never present nor
+      predicted);
+    - regression: ``mse`` and ``mae``, means over examples and outputs of the head's outputs
+      (e.g. the rates ``exp(s)`` of the poisson head).
+
+    With a ``layout``, the batch (rounded up to a multiple of the ``data`` axis; the padding
+    is masked) is split over ``data``.
     """
     batch_size = min(batch_size, n)
     if layout is not None:
         batch_size = layout.round_batch(batch_size)
-    classification = net.head.task == "classification"
-    num_outputs = net.sizes[-1]
+    task, num_outputs = net.task, net.sizes[-1]
 
     def body(acc: dict[str, Array], batch: tuple[Array, Array], params, x, y) -> tuple:
         idx, mask = batch
@@ -495,37 +552,66 @@ def make_evaluate(
             inputs, target, mask = layout.shard_batch(inputs, target, mask)
         out = net.logits(params, inputs)
         acc = acc | {"loss": acc["loss"] + jnp.sum(net.head.loss(out, target) * mask)}
-        if classification:
+        if task == "classification":
             pred = jnp.argmax(out, axis=-1).astype(target.dtype)
             acc["correct"] = acc["correct"] + jnp.sum(jnp.where(pred == target, mask, 0.0))
             acc["confusion"] = acc["confusion"].at[target, pred].add(mask)
+        elif task == "multilabel":
+            pred, truth, m = out > 0, target > 0.5, mask[:, None]
+            for name, hit in [("correct", pred == truth), ("tp", pred & truth),
+                              ("fp", pred & ~truth), ("fn", ~pred & truth)]:  # fmt: skip
+                acc[name] = acc[name] + jnp.sum(jnp.where(hit, m, 0.0), axis=0)
         else:
-            pred = net.head.activation(out)  # e.g. the rates exp(out) of the exp head
-            acc["sse"] = acc["sse"] + jnp.sum(jnp.square(pred - target) * mask[:, None])
+            error = net.head.activation(out) - target  # e.g. the rates exp(out) - counts
+            acc["sse"] = acc["sse"] + jnp.sum(jnp.square(error) * mask[:, None])
+            acc["sae"] = acc["sae"] + jnp.sum(jnp.abs(error) * mask[:, None])
         return acc, None
 
     def evaluate(params: nn.Params, x: Array, y: Array) -> dict[str, Array]:
         idx, mask = data.batch_indices(jax.random.PRNGKey(0), n, batch_size, shuffle=False)
         zero = jnp.zeros((), jnp.float32)
-        if classification:
+        init = {"loss": zero}
+        if task == "classification":
             confusion = jnp.zeros((num_outputs, num_outputs), jnp.float32)
-            init = {"loss": zero, "correct": zero, "confusion": confusion}
+            init |= {"correct": zero, "confusion": confusion}
+        elif task == "multilabel":
+            init |= {k: jnp.zeros(num_outputs, jnp.float32) for k in ("correct", "tp", "fp", "fn")}
         else:
-            init = {"loss": zero, "sse": zero}
+            init |= {"sse": zero, "sae": zero}
         acc, _ = jax.lax.scan(lambda a, b: body(a, b, params, x, y), init, (idx, mask))
         result = {"loss": acc["loss"] / n}
-        if classification:
+        if task == "classification":
             result |= {"accuracy": acc["correct"] / n, "confusion": acc["confusion"]}
+        elif task == "multilabel":
+            counted = 2.0 * acc["tp"] + acc["fp"] + acc["fn"]
+            f1 = jnp.where(counted > 0, 2.0 * acc["tp"] / jnp.maximum(counted, 1.0), 0.0)
+            result |= {
+                "accuracy": jnp.mean(acc["correct"]) / n, "f1": jnp.mean(f1),
+                "label_accuracy": acc["correct"] / n, "label_f1": f1,
+            }  # fmt: skip
         else:
-            result["mse"] = acc["sse"] / (n * y.shape[1])
+            result |= {"mse": acc["sse"] / (n * num_outputs), "mae": acc["sae"] / (n * num_outputs)}
         return result
 
     return jax.jit(evaluate)
 
 
+METRICS = {
+    "classification": ("accuracy",),
+    "multilabel": ("accuracy", "f1"),
+    "regression": ("mse", "mae"),
+}
+"""The scalar metrics evaluation reports for each task, the validation metric first."""
+
+
+def metric_names(net: nn.MLP) -> tuple[str, ...]:
+    """The scalar metrics of ``net``'s head (:data:`METRICS`), its validation metric first."""
+    return METRICS[net.task]
+
+
 def metric_name(net: nn.MLP) -> str:
-    """The validation metric of ``net``'s head: ``accuracy`` or ``mse``."""
-    return "accuracy" if net.head.task == "classification" else "mse"
+    """The validation metric of ``net``'s head: ``accuracy`` (higher is better) or ``mse``."""
+    return metric_names(net)[0]
 
 
 # ----------------------------------------------------------------------------- parity
@@ -542,32 +628,46 @@ def _first_batch(
 
 
 def make_gradients(
-    loss: Callable[..., Array], *, n: int, batch_size: int, layout: Layout | None = None
+    loss: Callable[..., Array],
+    *,
+    n: int,
+    batch_size: int,
+    layout: Layout | None = None,
+    keyed: bool = False,
 ) -> Callable[[nn.Params, Array, Array, Array], nn.Params]:
     """A jitted ``gradients(params, x, y, key)``: the engine's gradient of ``loss`` on the
-    first batch of the epoch ``key`` (the state's) orders, shaped like ``params``."""
+    first batch (and, ``keyed``, with the first dropout key) of the epoch ``key`` (the
+    state's) orders, shaped like ``params``."""
 
     def gradients(params: nn.Params, x: Array, y: Array, key: Array) -> nn.Params:
         batch = _first_batch(x, y, key, n=n, batch_size=batch_size, layout=layout)
-        return engine.grad(loss)(params, *batch)
+        keyword = {"key": step_keys(key, -(-n // batch_size))[0]} if keyed else {}
+        return engine.grad(loss)(params, *batch, **keyword)
 
     return jax.jit(gradients)
 
 
 def make_gradient_check(
-    loss: Callable[..., Array], *, n: int, batch_size: int, layout: Layout | None = None
+    loss: Callable[..., Array],
+    *,
+    n: int,
+    batch_size: int,
+    layout: Layout | None = None,
+    keyed: bool = False,
 ) -> Callable[[nn.Params, Array, Array, Array], dict[str, Array]]:
     """A jitted ``check(params, x, y, key)``: engine vs ``jax.grad`` on the epoch's first batch.
 
-    ``key`` is the state's key, so the batch is the first one the next epoch will train on.
-    Returns the relative error ``max|engine - jax| / max(|engine|, |jax|)`` per parameter,
-    keyed by its path (e.g. ``"[0]['W']"``).
+    ``key`` is the state's key, so the batch (and, ``keyed``, the dropout key, as in
+    :func:`make_epoch`) is the first one the next epoch will train on. Returns the relative
+    error ``max|engine - jax| / max(|engine|, |jax|)`` per parameter, keyed by its path (e.g.
+    ``"[0]['W']"``).
     """
 
     def check(params: nn.Params, x: Array, y: Array, key: Array) -> dict[str, Array]:
         batch = _first_batch(x, y, key, n=n, batch_size=batch_size, layout=layout)
-        ours = engine.grad(loss)(params, *batch)
-        ref = jax.grad(loss)(params, *batch)
+        keyword = {"key": step_keys(key, -(-n // batch_size))[0]} if keyed else {}
+        ours = engine.grad(loss)(params, *batch, **keyword)
+        ref = jax.grad(loss)(params, *batch, **keyword)
         return {
             jax.tree_util.keystr(path): testing.relative_error(a, b)
             for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(ref))

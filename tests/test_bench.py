@@ -236,13 +236,23 @@ def test_bad_arguments_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_time_to_accuracy_rejects_a_model_it_cannot_mirror(fashion, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [
+        ("model.activation=tanh", "tanh"),
+        ("model.dropout=0.2", "dropout=0.2"),
+        ("model.layer_norm=true", "layer_norm=True"),
+    ],
+)
+def test_time_to_accuracy_rejects_a_model_it_cannot_mirror(
+    fashion, tmp_path, capsys, override, shown
+):
     argv = ["bench", "--time-to-accuracy", "0.5", "--data-path", str(fashion)]
-    argv += ["--override", "model.activation=tanh", "--out", str(tmp_path / "tta.json")]
+    argv += ["--override", override, "--out", str(tmp_path / "tta.json")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "fmlp bench: error: --time-to-accuracy needs model.activation=relu" in err
-    assert "tanh" in err and not (tmp_path / "tta.json").exists()
+    assert shown in err and not (tmp_path / "tta.json").exists()
 
 
 IMPORTS_CHECK = """

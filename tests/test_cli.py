@@ -101,6 +101,26 @@ BAD_INPUT = {
         ["train", CLASSIFICATION, "--out", "{new}", "train.epochs=0"],
         ["train.epochs", ">= 1", "0"],
     ),
+    "unknown loss": (
+        ["train", CLASSIFICATION, "model.loss=hinge", "--out", "{new}"],
+        ["model.loss", "'hinge'", "cross_entropy"],
+    ),
+    "dropout outside [0, 1)": (
+        ["train", CLASSIFICATION, "model.dropout=1.0", "--out", "{new}"],
+        ["model.dropout", "[0, 1)", "1.0"],
+    ),
+    "a list per hidden layer of the wrong length": (
+        ["train", CLASSIFICATION, "model.activation=[relu, tanh]", "--out", "{new}"],
+        ["model.activation", "one entry per hidden layer (1), got 2"],
+    ),
+    "a head that does not fit the data": (
+        ["train", CLASSIFICATION, "model.output=identity", "--out", "{new}"],
+        ["model.loss='squared_error'", "regression head", "classification set"],
+    ),
+    "class weights for other classes": (
+        ["train", CLASSIFICATION, "data.class_weight=[1.0, 2.0]", "--out", "{new}"],
+        ["data.class_weight", "one weight per class (3 classes), got 2"],
+    ),
     "unknown config file": (
         ["train", "configs/no_such_config.yaml", "--out", "{new}"],
         ["no_such_config.yaml", "not found"],

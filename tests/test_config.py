@@ -232,7 +232,7 @@ def test_out_of_range(override, match):
 
 
 def test_unknown_choice_lists_allowed_values():
-    allowed = r"expected one of tanh, relu, sigmoid, leaky_relu, identity; got 'swish'"
+    allowed = r"expected one of tanh, relu, sigmoid, leaky_relu, identity, gelu, .*; got 'swish'"
     with pytest.raises(ConfigError, match=r"model\.activation: " + allowed):
         with_overrides("model.activation=swish")
     with pytest.raises(ConfigError, match=r"optimizer\.name: .*got 'adan' \(did you mean adam\?\)"):
@@ -321,16 +321,21 @@ def test_warmup_must_be_shorter_than_training():
     [
         (
             ["model.output=identity"],
-            r"model\.output='identity' is a regression head but "
-            r"data\.name='fashion_mnist' is a classification set",
+            r"model\.loss='squared_error' \(model\.output='identity'\) is a regression head "
+            r"but data\.name='fashion_mnist' is a classification set; expected "
+            r"model\.loss=cross_entropy for this data",
         ),
         (["model.output=identity", "data.name=digits"], r"data\.name='digits'"),
         (["data.name=lecture_classification", "model.output=identity"], r"model\.output"),
         (
             ["data.name=lecture_regression"],
-            r"model\.output='softmax' is a classification head "
-            r"but data\.name='lecture_regression' is a regression set",
+            r"model\.loss='cross_entropy' \(model\.output='softmax'\) is a classification head "
+            r"but data\.name='lecture_regression' is a regression set; expected "
+            r"model\.loss=squared_error or huber or absolute_error",
         ),
+        (["model.loss=huber"], r"model\.loss='huber' .* is a regression head"),
+        (["model.loss=binary_cross_entropy"], r"model\.loss='binary_cross_entropy' .* multilabel"),
+        (["data.name=lecture_multilabel"], r"data\.name='lecture_multilabel' is a multilabel set"),
     ],
 )
 def test_output_head_must_fit_the_data(overrides, match):
@@ -349,10 +354,97 @@ def test_choices_are_derived_from_the_tables_they_name(monkeypatch):
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     assert list(fields["activation"].metadata["choices"]) == list(nn.ACTIVATIONS)
     assert list(fields["init"].metadata["choices"]) == list(nn.INITIALIZERS)
-    assert list(fields["output"].metadata["choices"]) == list(nn.HEADS)
+    assert list(fields["output"].metadata["choices"]) == list(nn.OUTPUTS)
+    assert list(fields["loss"].metadata["choices"]) == list(nn.HEADS)
     data_fields = {f.name: f for f in dataclasses.fields(DataConfig)}
     assert list(data_fields["name"].metadata["choices"]) == list(data.DATASETS)
     with pytest.raises(ConfigError, match=r"model\.activation: expected one of"):
         from_dict({"model": {"activation": "softsign"}})
     monkeypatch.setitem(nn.ACTIVATIONS, "softsign", gates.tanh)  # a table entry added later
     assert from_dict({"model": {"activation": "softsign"}}).model.activation == "softsign"
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def test_model_output_and_loss_name_one_head():
+    assert (Config().model.output, Config().model.loss) == ("softmax", "cross_entropy")
+    for overrides, head in [
+        (["model.output=identity"], ("identity", "squared_error")),
+        (["model.loss=huber"], ("identity", "huber")),
+        (["model.loss=absolute_error", "model.output=identity"], ("identity", "absolute_error")),
+    ]:
+        cfg = with_overrides("data.name=lecture_regression", *overrides)
+        assert (cfg.model.output, cfg.model.loss) == head
+    cfg = with_overrides("data.name=lecture_multilabel", "model.output=sigmoid")
+    assert cfg.model.loss == "binary_cross_entropy"
+    # The resolved config names both, and reads back to itself.
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.loss=hinge"], r"model\.loss: expected one of cross_entropy, .*; got 'hinge'"),
+        (["model.output=tanh"], r"model\.output: expected one of softmax, sigmoid, identity"),
+        (
+            ["model.loss=huber", "model.output=softmax"],
+            r"model\.output: 'softmax' does not fit loss 'huber', whose head's output is "
+            r"'identity'",
+        ),
+        (["model.dropout=1.0"], r"model\.dropout: expected a number in \[0, 1\), got 1\.0"),
+        (["model.dropout=-0.1"], r"model\.dropout: expected a number in \[0, 1\)"),
+        (["model.dropout=[0.1, 1.5]", "model.hidden=[4, 4]"], r"model\.dropout\[1\]: .*\[0, 1\)"),
+        (["model.dropout=high"], r"model\.dropout: expected a number or a list of numbers"),
+        (
+            ["model.dropout=[0.1, 0.2, 0.3]", "model.hidden=[4, 4]"],
+            r"model\.dropout: a list needs one entry per hidden layer \(2\), got 3",
+        ),
+        (
+            ["model.activation=[relu]", "model.hidden=[4, 4]"],
+            r"model\.activation: a list needs one entry per hidden layer \(2\), got 1",
+        ),
+        (["model.activation=[relu, swish]", "model.hidden=[4, 4]"], r"model\.activation\[1\]"),
+        (["model.layer_norm=yes please"], r"model\.layer_norm: expected a boolean"),
+        (
+            ["model.residual=true", "model.hidden=[8, 4]"],
+            r"model\.residual: no hidden layer has the width of the hidden layer before it",
+        ),
+        (["model.label_smoothing=1"], r"model\.label_smoothing: expected a number in \[0, 1\)"),
+        (
+            ["model.label_smoothing=0.1", "model.loss=huber", "data.name=lecture_regression"],
+            r"model\.label_smoothing: smooths class targets, but loss 'huber' is a regression",
+        ),
+        (["data.class_weight=even"], r"data\.class_weight: expected one of balanced; got 'even'"),
+        (["data.class_weight=[1.0, 0]"], r"data\.class_weight\[1\]: expected a number > 0"),
+        (["data.class_weight=[1.0, x]"], r"data\.class_weight\[1\]: expected a number, got 'x'"),
+        (
+            ["data.class_weight=balanced", "model.loss=huber", "data.name=lecture_regression"],
+            r"data\.class_weight: weighs the classes of a cross_entropy head, but "
+            r"model\.loss='huber'",
+        ),
+    ],
+)
+def test_a_bad_building_block_names_its_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        with_overrides(*overrides)
+
+
+def test_building_blocks_take_a_value_or_one_per_hidden_layer(tmp_path):
+    cfg = with_overrides(
+        "model.hidden=[16, 16, 8]",
+        "model.activation=[gelu, silu, elu]",
+        "model.dropout=[0.5, 0.2, 0.0]",
+        "model.layer_norm=true",
+        "model.residual=true",
+        "model.label_smoothing=0.1",
+        "data.class_weight=[1.0, 2.0, 0.5]",
+    )
+    m = cfg.model
+    assert (m.activation, m.dropout) == (["gelu", "silu", "elu"], [0.5, 0.2, 0.0])
+    assert (m.layer_norm, m.residual, m.label_smoothing) == (True, True, 0.1)
+    assert cfg.data.class_weight == [1.0, 2.0, 0.5]
+    assert with_overrides("model.dropout=0").model.dropout == 0.0  # a float, as declared
+    assert with_overrides("data.class_weight=balanced").data.class_weight == "balanced"
+    save(cfg, tmp_path / "config.yaml")
+    assert load(tmp_path / "config.yaml") == cfg

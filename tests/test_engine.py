@@ -418,16 +418,60 @@ def test_a_raw_array_function_on_a_tracked_value_names_the_gate(fn, pattern, lin
         (lambda w: float(w), r"float\(\)"),
         (lambda w: w if w else -w, r"bool\(\).*Python `if`"),
         (lambda w: gates.sum(np.asarray(w)), "conversion to a numpy array"),
-        (lambda w: gates.sum(w**2), r"the operator \*\*"),
-        (lambda w: w[0], "indexing/slicing"),
+        (lambda w: gates.sum(w % 2.0), "the operator %"),
+        (lambda w: gates.sum(w // 2.0), "the operator //"),
         (lambda w: gates.sum(w) * len(w), r"len\(\)"),
         (lambda w: gates.sum(w) if gates.sum(w) > 0 else 0.0, "the operator >"),
     ],
-    ids=["float", "if", "np.asarray", "pow", "index", "len", "compare"],
+    ids=["float", "if", "np.asarray", "mod", "floordiv", "len", "compare"],
 )
 def test_python_conversions_and_unsupported_operators_raise(fn, pattern):
     with pytest.raises(NonDifferentiableError, match=pattern):
         fmlp.grad(fn)(jnp.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "fn, gate",
+    [
+        (lambda w: gates.sum(jnp.power(w, 3)), "power"),
+        (lambda w: gates.sum(jnp.sqrt(w)), "sqrt"),
+        (lambda w: gates.sum(jnp.abs(w)), "abs"),
+        (lambda w: gates.sum(w.reshape(-1)), "reshape"),
+        (lambda w: gates.sum(jnp.concatenate([w, w])), "concatenate"),
+        (lambda w: gates.sum(jnp.clip(w, 0.0, 1.0)), "clip"),
+        (lambda w: gates.sum(jnp.max(w, axis=0)), "maximum"),
+        (lambda w: gates.sum(w) if gates.sum(w) > 0 else 0.0, "maximum"),
+        (lambda w: gates.sum(jax.nn.swish(w)), "silu"),
+        (lambda w: gates.sum(jax.nn.gelu(w)), "gelu"),
+        (lambda w: gates.sum(jax.nn.logsumexp(w)), "logsumexp"),
+        (lambda w: gates.sum(jnp.take(w, jnp.array([0]))), "index"),
+    ],
+    ids=[
+        "power",
+        "sqrt",
+        "abs",
+        "reshape",
+        "concatenate",
+        "clip",
+        "max",
+        "compare",
+        "swish",
+        "gelu",
+        "logsumexp",
+        "take",
+    ],
+)
+def test_an_operation_without_a_gate_suggests_the_nearest_gate(fn, gate):
+    with pytest.raises(NonDifferentiableError, match=rf"Use the gate fmlp\.gates\.{gate} instead"):
+        fmlp.grad(fn)(jnp.array([[1.0, 2.0], [0.5, 0.25]]))
+
+
+def test_an_operator_without_a_gate_suggests_no_gate_from_its_line():
+    # `%` has no gate and no alias: the gates the line calls (sum) are no suggestion for it.
+    with pytest.raises(NonDifferentiableError, match=r"the operator %") as info:
+        fmlp.grad(lambda w: gates.sum(w % 2.0))(jnp.ones(2))
+    assert "Use the gate" not in str(info.value)
+    assert "register a gate" in str(info.value)
 
 
 def test_non_differentiable_error_is_a_type_error():
@@ -575,6 +619,25 @@ OPERATOR_CASES = {
     ),
     "numpy scalar * w": (lambda w, x, b: np.float64(2.0) * w, lambda w, x, b: 2.0 * w),
     "array * w": (lambda w, x, b: jnp.full((3, 2), 0.5) * w, lambda w, x, b: 0.5 * w),
+    "w ** 3": (lambda w, x, b: w**3, lambda w, x, b: w**3),
+    "w ** -1": (lambda w, x, b: (w * w + 1.0) ** -1, lambda w, x, b: (w * w + 1.0) ** -1),
+    "positive ** 0.5": (
+        lambda w, x, b: (w * w + 1.0) ** 0.5,
+        lambda w, x, b: jnp.sqrt(w * w + 1.0),
+    ),
+    "2.0 ** w": (lambda w, x, b: 2.0**w, lambda w, x, b: 2.0**w),
+    "positive ** w": (
+        lambda w, x, b: (w * w + 1.0) ** w,
+        lambda w, x, b: (w * w + 1.0) ** w,
+    ),
+    "numpy power": (lambda w, x, b: np.power(w, 2), lambda w, x, b: w * w),
+    "abs(w)": (lambda w, x, b: abs(w), lambda w, x, b: jnp.abs(w)),
+    "numpy abs": (lambda w, x, b: np.abs(w - 0.1), lambda w, x, b: jnp.abs(w - 0.1)),
+    "w[:, :1]": (lambda w, x, b: w[:, :1] * w[:, 1:], lambda w, x, b: w[:, :1] * w[:, 1:]),
+    "w[1]": (lambda w, x, b: w[1] * w[2], lambda w, x, b: w[1] * w[2]),
+    "w[::-1]": (lambda w, x, b: w[::-1] * w, lambda w, x, b: w[::-1] * w),
+    "w[i, j]": (lambda w, x, b: w[0, 1] * w, lambda w, x, b: w[0, 1] * w),
+    "x @ w[:, 0]": (lambda w, x, b: x @ w[:, 0], lambda w, x, b: x @ w[:, 0]),
     "(x @ w) + bias": (
         lambda w, x, b: x @ w + b,
         lambda w, x, b: x @ w + jnp.broadcast_to(b, (4, 2)),

@@ -126,3 +126,24 @@ def test_an_unknown_export_format_is_refused(penguins, tmp_path):
     with pytest.raises(errors.DataError, match=r"--format tflite: expected one of jax, onnx"):
         run.export_run(penguins, tmp_path / "m.tflite", format="tflite")
     assert not (tmp_path / "m.tflite").exists()
+
+
+BLOCKS = ["model.hidden=[12, 12]", "model.activation=[gelu, relu]", "model.dropout=0.5",
+          "model.layer_norm=true", "model.residual=true"]  # fmt: skip
+
+
+def test_an_artifact_with_layer_norm_and_dropout_equals_predict(tmp_path):
+    out = tmp_path / "run"
+    fmlp.fit(str(ROOT / "configs/table_example.yaml"), overrides=[*QUIET, *BLOCKS], out=out)
+    artifact = tmp_path / "blocks.jax"
+    info = run.export_run(out, artifact)
+    frame = pd.read_csv(PENGUINS)
+    predicted = tmp_path / "p.csv"
+    run.predict_file(out, PENGUINS, out=predicted, proba=True)
+    want = pd.read_csv(predicted)[[f"proba_{c}" for c in info["outputs"]]].to_numpy()
+    # Dropout is training only: the artifact and predict run the whole net, deterministically.
+    got = call_with_jax_alone(artifact, raw_features(out, frame), tmp_path)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    again = tmp_path / "again.csv"
+    run.predict_file(out, PENGUINS, out=again, proba=True)
+    assert again.read_text() == predicted.read_text()

@@ -21,7 +21,7 @@ from fmlp.testing import FD_TOLERANCE, TOLERANCE, GradientCheckError, check_gate
 DTYPES = [jnp.float32, jnp.float64]
 DTYPE_IDS = ["float32", "float64"]
 
-BINARY_ELEMENTWISE = ["add", "subtract", "multiply", "divide"]
+BINARY_ELEMENTWISE = ["add", "subtract", "multiply", "divide", "maximum", "minimum"]
 UNARY_ELEMENTWISE = [
     "negate",
     "identity",
@@ -32,6 +32,12 @@ UNARY_ELEMENTWISE = [
     "sigmoid",
     "relu",
     "leaky_relu",
+    "abs",
+    "sqrt",
+    "gelu",
+    "silu",
+    "softplus",
+    "elu",
 ]
 # Scalar, vector, matrix, both bias-add broadcasts, batch 1 and batch 128.
 REQUIRED_BINARY_SHAPES = [
@@ -74,6 +80,22 @@ SYMBOLS = {
     "softmax_cross_entropy": "CrEnt",
     "squared_error": "SqErr",
     "mean_squared_error": "MSE",
+    "power": "**",
+    "abs": "|x|",
+    "sqrt": "√",
+    "maximum": "max",
+    "minimum": "min",
+    "logsumexp": "LSE",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "elu": "ELU",
+    "concatenate": "concat",
+    "index": "[ ]",
+    "dropout": "Dropout",
+    "layer_norm": "LayerNorm",
+    "sigmoid_binary_cross_entropy": "BCE",
+    "huber": "Huber",
+    "absolute_error": "AbsErr",
 }
 
 
@@ -524,3 +546,189 @@ def test_exp_poisson_deviance_is_half_the_poisson_deviance_of_the_rates():
     np.testing.assert_allclose(fmlp.grad(lambda z: gates.sum(gates.exp_poisson_deviance(z, t)))(s),
                                grad, rtol=1e-12)  # fmt: skip
     np.testing.assert_allclose(grad, mu - t, rtol=1e-12)  # the canonical link: exp(s) - t
+
+
+# ----------------------------------------------------------------------------- the building blocks
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum", "clip"])
+def test_the_reference_samples_include_ties(name):
+    # Equal values (and clip's bounds) are checked against jax.vjp and finite differences.
+    def tied(sample):
+        if name == "clip":
+            x, bounds = sample.args[0], sample.params
+            return any(bool(jnp.any(x == b)) for b in bounds.values())
+        x, y = jnp.broadcast_arrays(*sample.args)
+        return bool(jnp.any(x == y))
+
+    assert any(tied(s) for s in REGISTRY[name].samples(jax.random.key(0), jnp.float64))
+
+
+# gate, input at the tie, params, the derivative the docstring states
+TIES = [
+    ("relu", [0.0], {}, [0.0]),
+    ("abs", [0.0], {}, [1.0]),
+    ("leaky_relu", [0.0], {"negative_slope": 0.2}, [0.2]),
+    ("elu", [0.0], {"alpha": 0.5}, [0.5]),
+    ("clip", [-1.0, 1.0], {"min": -1.0, "max": 1.0}, [0.5, 0.5]),
+]
+
+
+@pytest.mark.parametrize("name, x, params, expected", TIES, ids=[t[0] for t in TIES])
+def test_tie_conventions_agree_with_jax_vjp(name, x, params, expected):
+    gate = REGISTRY[name]
+    x = jnp.array(x, jnp.float64)
+    ct = jnp.ones_like(x)
+    (ours,) = gate.vjp(ct, gate.forward(x, **params), x, **params)
+    _, pullback = jax.vjp(lambda x: gate.forward(x, **params), x)
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(pullback(ct)[0], expected)
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_equal_values_share_the_cotangent(name):
+    x = jnp.array([1.0, 2.0, 3.0], jnp.float64)
+    y = jnp.array([1.0, 5.0, -3.0], jnp.float64)
+    ours = fmlp.grad(lambda x, y: gates.sum(REGISTRY[name](x, y)), argnums=(0, 1))(x, y)
+    ref = jax.grad(lambda x, y: jnp.sum(REGISTRY[name](x, y)), argnums=(0, 1))(x, y)
+    chex.assert_trees_all_equal(ours, ref)
+    assert float(ours[0][0]) == float(ours[1][0]) == 0.5
+
+
+def test_power_with_integer_exponents_is_exact_for_negative_bases():
+    x = jnp.array([-2.0, -0.5, 3.0], jnp.float64)
+    np.testing.assert_array_equal(gates.power(x, 3), np.asarray(x) ** 3)
+    g = fmlp.grad(lambda x: gates.sum(x**3))(x)
+    np.testing.assert_allclose(g, 3.0 * np.asarray(x) ** 2, rtol=1e-14)
+    # x^0 = 1 has derivative 0, also at x = 0 (not 0 * 0^-1 = nan).
+    np.testing.assert_array_equal(fmlp.grad(lambda x: gates.sum(x**0))(jnp.zeros(2)), [0.0, 0.0])
+
+
+def test_power_with_a_tracked_exponent_differentiates_both():
+    x = jnp.array([0.5, 2.0, 3.0], jnp.float64)
+    y = jnp.array([1.5, -1.0, 2.0], jnp.float64)
+    gx, gy = fmlp.grad(lambda x, y: gates.sum(x**y), argnums=(0, 1))(x, y)
+    np.testing.assert_allclose(gx, y * x ** (y - 1.0), rtol=1e-13)
+    np.testing.assert_allclose(gy, x**y * np.log(x), rtol=1e-13)
+    np.testing.assert_allclose(fmlp.grad(lambda y: gates.sum(2.0**y))(y), 2.0**y * np.log(2.0))
+
+
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "tanh"])
+def test_gelu_is_jax_gelu_in_both_forms(approximate):
+    x = jnp.linspace(-4.0, 4.0, 17, dtype=jnp.float64)
+    out = gates.gelu(x, approximate=approximate)
+    np.testing.assert_allclose(out, jax.nn.gelu(x, approximate=approximate), rtol=1e-12)
+    ours = fmlp.grad(lambda x: gates.sum(gates.gelu(x, approximate=approximate)))(x)
+    ref = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=approximate)))(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(out, gates.gelu(x, approximate=not approximate))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sigmoid_binary_cross_entropy_is_finite_at_extreme_logits(dtype):
+    logits = jnp.array([[1e4, -1e4, 1e4, -1e4, 0.0]], dtype)
+    targets = jnp.array([[1, 0, 0, 1, 1]], jnp.int32)
+    loss = gates.sigmoid_binary_cross_entropy(logits, targets)
+    chex.assert_shape(loss, (1,))
+    chex.assert_type(loss, dtype)
+    # Right with certainty costs 0, wrong with certainty costs |z| each; z = 0 costs log 2.
+    assert float(loss[0]) == pytest.approx(2e4 + np.log(2.0), rel=1e-6)
+    g = fmlp.grad(lambda z: gates.sum(gates.sigmoid_binary_cross_entropy(z, targets)))(logits)
+    np.testing.assert_allclose(g, [[0.0, 0.0, 1.0, -1.0, -0.5]], atol=1e-6)
+    # Probability targets: the same loss as the integer ones where they agree.
+    probs = targets.astype(dtype)
+    np.testing.assert_allclose(gates.sigmoid_binary_cross_entropy(logits, probs), loss, rtol=1e-6)
+
+
+def test_sigmoid_binary_cross_entropy_gradients_in_closed_form(key):
+    k1, k2 = jax.random.split(key)
+    z = 3.0 * jax.random.normal(k1, (6, 3), jnp.float64)
+    t = jax.random.uniform(k2, (6, 3), jnp.float64)
+    loss = gates.sigmoid_binary_cross_entropy(z, t)
+    expected = -np.sum(t * jax.nn.log_sigmoid(z) + (1 - t) * jax.nn.log_sigmoid(-z), axis=-1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+    f = lambda z, t: gates.sum(gates.sigmoid_binary_cross_entropy(z, t))
+    gz, gt = fmlp.grad(f, argnums=(0, 1))(z, t)
+    np.testing.assert_allclose(gz, jax.nn.sigmoid(z) - t, rtol=1e-12)
+    np.testing.assert_allclose(gt, -z, rtol=1e-12)
+
+
+def test_sigmoid_binary_cross_entropy_rejects_targets_of_another_shape():
+    with pytest.raises(
+        ValueError, match=r"targets must have the logits' shape \(4, 2\), got \(4,\)"
+    ):
+        gates.sigmoid_binary_cross_entropy(jnp.zeros((4, 2)), jnp.zeros(4, jnp.int32))
+
+
+def test_huber_is_quadratic_inside_delta_and_linear_outside():
+    o = jnp.array([[0.5, 3.0, -2.0]], jnp.float64)
+    t = jnp.zeros((1, 3), jnp.float64)
+    np.testing.assert_allclose(gates.huber(o, t), [0.125 + 2.5 + 1.5], rtol=1e-14)
+    np.testing.assert_allclose(gates.huber(o, t, delta=2.0), [0.125 + 4.0 + 2.0], rtol=1e-14)
+    g = fmlp.grad(lambda o: gates.sum(gates.huber(o, t)))(o)
+    np.testing.assert_array_equal(g, [[0.5, 1.0, -1.0]])
+
+
+def test_absolute_error_is_the_summed_absolute_difference():
+    o = jnp.array([[0.5, 3.0, -2.0], [1.0, 1.0, 1.0]], jnp.float64)
+    t = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 2.0]], jnp.float64)
+    np.testing.assert_allclose(gates.absolute_error(o, t), [4.5, 2.0], rtol=1e-14)
+    g_o, g_t = fmlp.grad(lambda o, t: gates.sum(gates.absolute_error(o, t)), argnums=(0, 1))(o, t)
+    np.testing.assert_array_equal(g_o, [[1.0, 1.0, -1.0], [1.0, 1.0, -1.0]])  # +1 where o = t
+    np.testing.assert_array_equal(g_t, -g_o)
+
+
+def test_dropout_backward_goes_through_the_forward_mask(key):
+    x = jnp.linspace(1.0, 2.0, 1000, dtype=jnp.float64)
+    raw = jax.random.key_data(key)
+    out = gates.dropout(x, raw, rate=0.25)
+    kept = np.asarray(out) != 0
+    assert 0.7 < kept.mean() < 0.8
+    np.testing.assert_allclose(np.asarray(out)[kept], np.asarray(x)[kept] / 0.75, rtol=1e-14)
+    g = fmlp.grad(lambda x: gates.sum(gates.dropout(x, raw, rate=0.25)))(x)
+    np.testing.assert_array_equal(np.asarray(g) != 0, kept)
+    np.testing.assert_allclose(np.asarray(g)[kept], 1.0 / 0.75, rtol=1e-14)
+    # The same key, the same mask (typed or raw); another key, another mask.
+    np.testing.assert_array_equal(gates.dropout(x, key, rate=0.25), out)
+    other = gates.dropout(x, jax.random.fold_in(raw, 1), rate=0.25)
+    assert not np.array_equal(np.asarray(other) != 0, kept)
+    np.testing.assert_array_equal(gates.dropout(x, raw, rate=0.0), x)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_dropout_rejects_a_rate_outside_0_1(rate):
+    with pytest.raises(ValueError, match=r"dropout: rate must be in \[0, 1\)"):
+        gates.dropout(jnp.ones(3), jax.random.key(0), rate=rate)
+
+
+def test_layer_norm_standardizes_each_row_then_scales_and_shifts(key):
+    x = 5.0 + 3.0 * jax.random.normal(key, (8, 6), jnp.float64)
+    ones, zeros = jnp.ones(6, jnp.float64), jnp.zeros(6, jnp.float64)
+    y = gates.layer_norm(x, ones, zeros)
+    np.testing.assert_allclose(jnp.mean(y, axis=-1), np.zeros(8), atol=1e-12)
+    np.testing.assert_allclose(jnp.var(y, axis=-1), np.ones(8), rtol=1e-5)  # eps = 1e-5
+    scale, offset = jnp.arange(1.0, 7.0), jnp.full(6, -2.0)
+    np.testing.assert_allclose(
+        gates.layer_norm(x, scale, offset), y * scale[None] - 2.0, rtol=1e-12
+    )
+    f = lambda x, s, b: gates.sum(gates.tanh(gates.layer_norm(x, s, b)))
+    assert fmlp.testing.check_grad(f, x, scale, offset, argnums=(0, 1, 2)) < 1e-10
+
+
+def test_indexing_scatters_the_cotangent_back_and_adds_repeats():
+    x = jnp.arange(12.0, dtype=jnp.float64).reshape(4, 3)
+    g = fmlp.grad(lambda x: gates.sum(gates.index(x, at=np.array([0, 0, 3]))))(x)
+    np.testing.assert_array_equal(g, [[2.0] * 3, [0.0] * 3, [0.0] * 3, [1.0] * 3])
+    g = fmlp.grad(lambda x: gates.sum(x[:, :2]) + 10.0 * x[1, 2])(x)
+    np.testing.assert_array_equal(g, [[1, 1, 0], [1, 1, 10], [1, 1, 0], [1, 1, 0]])
+
+
+def test_concatenate_and_reshape_hand_each_input_its_part():
+    a, b = jnp.ones((2, 3), jnp.float64), jnp.full((2, 1), 2.0, jnp.float64)
+    weights = jnp.arange(8.0, dtype=jnp.float64).reshape(2, 4)
+    f = lambda a, b: gates.sum(gates.multiply(gates.concatenate(a, b, axis=1), weights))
+    ga, gb = fmlp.grad(f, argnums=(0, 1))(a, b)
+    np.testing.assert_array_equal(ga, weights[:, :3])
+    np.testing.assert_array_equal(gb, weights[:, 3:])
+    flat = lambda a: gates.sum(gates.multiply(gates.reshape(a, shape=(6,)), jnp.arange(6.0)))
+    np.testing.assert_array_equal(fmlp.grad(flat)(a), np.arange(6.0).reshape(2, 3))

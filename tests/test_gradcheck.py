@@ -13,7 +13,7 @@ USER_GATES = textwrap.dedent(
     from fmlp import gates
 
     gates.register(
-        "softplus",
+        "user_softplus",
         forward=lambda x: jnp.logaddexp(x, 0.0),
         vjp=lambda g, out, x: (g * jax.nn.sigmoid(x),),  # d softplus = sigmoid
         samples=gates.REGISTRY["tanh"].samples,
@@ -33,17 +33,22 @@ def user_module(tmp_path):
     path = tmp_path / "my_gates.py"
     path.write_text(USER_GATES)
     yield path
-    for name in ("softplus", "wrong_square"):
+    for name in ("user_softplus", "wrong_square"):
         if name in gates.REGISTRY:
             gates.unregister(name)
 
 
 def test_gradcheck_passes_builtin_and_correct_user_gates(user_module, capsys):
-    argv = ["gradcheck", "--module", str(user_module), "--gate", "softplus", "--gate", "tanh"]
+    argv = ["gradcheck", "--module", str(user_module), "--gate", "user_softplus", "--gate", "tanh"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0] + "/" + line.split()[1]: line for line in out.splitlines()[1:5]}
-    assert set(rows) == {"softplus/float32", "softplus/float64", "tanh/float32", "tanh/float64"}
+    assert set(rows) == {
+        "user_softplus/float32",
+        "user_softplus/float64",
+        "tanh/float32",
+        "tanh/float64",
+    }
     assert all(line.endswith("ok") for line in rows.values())
     assert "4 of 4 gate checks agree with the oracles." in out
 

@@ -108,6 +108,11 @@ def test_apply_output_shapes_and_values(net, activation):
         "sigmoid": jax.nn.sigmoid,
         "leaky_relu": jax.nn.leaky_relu,
         "identity": lambda s: s,
+        "gelu": lambda s: jax.nn.gelu(s, approximate=False),
+        "gelu_tanh": lambda s: jax.nn.gelu(s, approximate=True),
+        "silu": jax.nn.silu,
+        "softplus": jax.nn.softplus,
+        "elu": jax.nn.elu,
     }[activation]
     out = nn.apply(params, x, activation=activation)
     assert out.shape == (7, 3)
@@ -142,8 +147,8 @@ def test_apply_rejects_unknown_names(net):
     params, x = net
     with pytest.raises(ValueError, match=r"Unknown activation 'swish'; expected one of \["):
         nn.apply(params, x, activation="swish")
-    with pytest.raises(ValueError, match=r"Unknown output 'sigmoid'.*softmax"):
-        nn.apply(params, x, output="sigmoid")
+    with pytest.raises(ValueError, match=r"Unknown output 'relu'.*softmax"):
+        nn.apply(params, x, output="relu")
     with pytest.raises(ValueError, match="Unknown output 'logits'"):
         nn.loss(params, x, jnp.zeros(7, jnp.int32), output="logits")
 
@@ -194,8 +199,10 @@ def test_masked_loss_equals_the_loss_on_the_unpadded_rows(net, key, output):
 
 
 def test_mlp_validates_names_up_front():
-    with pytest.raises(ValueError, match="Unknown activation 'gelu'"):
-        nn.mlp([2, 3], activation="gelu")
+    with pytest.raises(ValueError, match="Unknown activation 'swish'"):
+        nn.mlp([2, 3], activation="swish")
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
+        nn.mlp([2, 3], loss="hinge")
     with pytest.raises(ValueError, match="Unknown output 'linear'"):
         nn.mlp([2, 3], output="linear")
     with pytest.raises(ValueError, match="Unknown initialisation scheme 'zeros'"):
@@ -262,13 +269,39 @@ def test_lecture_net_shapes_gradient_and_training(key, kind):
 
 
 def test_the_head_table_decides_activation_loss_and_task():
-    assert set(nn.HEADS) == {"softmax", "identity", "exp"}
-    assert nn.HEADS["softmax"] == (fmlp.gates.softmax, fmlp.gates.softmax_cross_entropy,
-                                   "classification")  # fmt: skip
-    assert nn.HEADS["identity"].loss is fmlp.gates.squared_error
-    assert nn.HEADS["identity"].task == "regression"
-    assert nn.HEADS["exp"] == (fmlp.gates.exp, fmlp.gates.exp_poisson_deviance, "regression")
-    assert {name: head.activation for name, head in nn.HEADS.items()} == nn.OUTPUTS
+    g = fmlp.gates
+    assert {
+        "cross_entropy": (g.softmax, g.softmax_cross_entropy, "classification"),
+        "binary_cross_entropy": (g.sigmoid, g.sigmoid_binary_cross_entropy, "multilabel"),
+        "squared_error": (g.identity, g.squared_error, "regression"),
+        "huber": (g.identity, g.huber, "regression"),
+        "absolute_error": (g.identity, g.absolute_error, "regression"),
+        "poisson": (g.exp, g.exp_poisson_deviance, "regression"),
+    } == nn.HEADS
+    outputs = {"softmax": g.softmax, "sigmoid": g.sigmoid, "identity": g.identity, "exp": g.exp}
+    assert outputs == nn.OUTPUTS
+
+
+@pytest.mark.parametrize(
+    ("output", "loss", "head"),
+    [
+        (None, None, "cross_entropy"),
+        ("softmax", None, "cross_entropy"),
+        ("sigmoid", None, "binary_cross_entropy"),
+        ("identity", None, "squared_error"),
+        (None, "huber", "huber"),
+        ("identity", "absolute_error", "absolute_error"),
+    ],
+)
+def test_output_and_loss_name_one_head(output, loss, head):
+    assert nn.head_name(output, loss) == head
+    net = nn.mlp([3, 2], output=output, loss=loss)
+    assert (net.loss_name, net.output) == (head, nn.HEADS[head].activation.name)
+
+
+def test_an_output_that_does_not_fit_the_loss_is_refused():
+    with pytest.raises(ValueError, match=r"^output: 'softmax' does not fit loss 'huber'"):
+        nn.mlp([3, 2], output="softmax", loss="huber")
 
 
 @pytest.mark.parametrize("output", ["softmax", "identity", "exp"])
@@ -301,3 +334,161 @@ def test_the_model_value_computes_in_its_compute_dtype(key):
     ref = nn.apply(params, x, activation="tanh", output="softmax", compute_dtype="bfloat16")
     np.testing.assert_array_equal(out, ref)
     assert not np.array_equal(out, nn.mlp([4, 6, 3]).apply(params, x))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _targets(key, loss, batch, outputs, dtype=jnp.float64):
+    """Targets for ``loss``'s head: class ids, 0/1 labels, or real values."""
+    task = nn.HEADS[loss].task
+    if task == "classification":
+        return jax.random.randint(key, (batch,), 0, outputs)
+    if task == "multilabel":
+        return jax.random.bernoulli(key, 0.5, (batch, outputs)).astype(dtype)
+    return jax.random.normal(key, (batch, outputs), dtype)
+
+
+# Each model option on its own and a few together; every one differentiated by our rules.
+BLOCKS = {
+    "dropout": {"dropout": 0.3},
+    "dropout per layer": {"dropout": (0.5, 0.0, 0.2)},
+    "layer norm": {"layer_norm": True},
+    "residual": {"residual": True},
+    "activation per layer": {"activation": ("gelu", "silu", "elu")},
+    "label smoothing": {"label_smoothing": 0.1},
+    "class weights": {"class_weight": (1.0, 2.0, 0.5)},
+    "huber": {"loss": "huber"},
+    "absolute error": {"loss": "absolute_error"},
+    "binary cross-entropy": {"loss": "binary_cross_entropy"},
+    "smoothed multi-label": {"loss": "binary_cross_entropy", "label_smoothing": 0.2},
+    "all at once": {
+        "dropout": 0.2,
+        "layer_norm": True,
+        "residual": True,
+        "label_smoothing": 0.05,
+        "activation": ("relu", "gelu_tanh", "softplus"),
+        "class_weight": (0.5, 1.0, 1.5),
+    },
+}
+
+
+@pytest.mark.parametrize("options", list(BLOCKS.values()), ids=list(BLOCKS))
+def test_every_building_block_is_differentiated_by_our_rules_like_jax(key, options):
+    kp, kx, ky, kd = jax.random.split(key, 4)
+    net = nn.mlp([5, 6, 6, 6, 3], **{"activation": "tanh", **options})
+    params = jax.tree.map(lambda p: p + 0.1, net.init(kp, dtype=jnp.float64))  # LN scale != 1
+    x = jax.random.normal(kx, (9, 5), jnp.float64)
+    y = _targets(ky, net.loss_name, 9, 3)
+    mask = jnp.array([1.0] * 7 + [0.0] * 2)
+    assert check_grad(lambda p: net.loss(p, x, y, mask, key=kd), params) < 1e-9
+    if net.stochastic:  # with another key, other masks: another loss
+        assert not np.isclose(net.loss(params, x, y, key=kd), net.loss(params, x, y, key=key))
+
+
+def test_dropout_is_on_only_with_a_key(key):
+    net = nn.mlp([4, 32, 32, 3], activation="relu", dropout=0.5)
+    plain = net._replace(dropout=0.0)
+    params = net.init(key)
+    x = jax.random.normal(jax.random.key(1), (16, 4), jnp.float32)
+    y = jnp.arange(16) % 3
+    # Evaluation and prediction: no key, no dropout.
+    np.testing.assert_array_equal(net.apply(params, x), plain.apply(params, x))
+    np.testing.assert_array_equal(net.loss(params, x, y), plain.loss(params, x, y))
+    # Training: the key draws the masks, the same key the same masks.
+    k = jax.random.key_data(jax.random.key(7))
+    dropped = net.logits(params, x, key=k)
+    assert not np.allclose(dropped, plain.logits(params, x))
+    np.testing.assert_array_equal(dropped, net.logits(params, x, key=k))
+    assert plain.logits(params, x, key=k).shape == dropped.shape
+    np.testing.assert_array_equal(plain.logits(params, x, key=k), plain.logits(params, x))
+
+
+def test_layer_norm_adds_a_scale_and_offset_per_hidden_layer(key):
+    net = nn.mlp([4, 8, 6, 3], layer_norm=True)
+    params = net.init(key)
+    assert [sorted(layer) for layer in params] == [["W", "b", "offset", "scale"]] * 2 + [["W", "b"]]
+    np.testing.assert_array_equal(params[1]["scale"], np.ones(6))
+    np.testing.assert_array_equal(params[1]["offset"], np.zeros(6))
+    plain = nn.mlp([4, 8, 6, 3]).init(key)  # the same weights, layer norm or not
+    for a, b in zip(params, plain):
+        np.testing.assert_array_equal(a["W"], b["W"])
+    x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float32)
+    norm = lambda s: fmlp.gates.layer_norm(s, jnp.ones_like(s[0]), jnp.zeros_like(s[0]))
+    h = jnp.tanh(norm(x @ params[0]["W"]))
+    h = jnp.tanh(norm(h @ params[1]["W"]))
+    np.testing.assert_allclose(net.logits(params, x), h @ params[2]["W"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"params: the hidden layers hold \['W', 'b'\]"):
+        net.logits(plain, x)
+
+
+def test_residual_skips_only_between_hidden_layers_of_equal_width(key):
+    net = nn.mlp([4, 4, 6, 6, 3], activation="relu", residual=True)
+    params = net.init(key)
+    x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float32)
+    dense = lambda layer, h: h @ layer["W"] + layer["b"][None]
+    h1 = jax.nn.relu(dense(params[0], x))  # from the inputs: no skip, though 4 == 4
+    h2 = jax.nn.relu(dense(params[1], h1))  # 4 -> 6: no skip
+    h3 = h2 + jax.nn.relu(dense(params[2], h2))  # 6 -> 6: skip
+    np.testing.assert_allclose(net.logits(params, x), dense(params[3], h3), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"^residual: no hidden layer has the width"):
+        nn.mlp([4, 4, 6, 3], residual=True)
+
+
+def test_label_smoothing_mixes_the_targets_with_uniform_ones(key):
+    net = nn.mlp([4, 5, 3], label_smoothing=0.3)
+    params = net.init(key, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (6, 4), jnp.float64)
+    y = jnp.arange(6) % 3
+    t = 0.7 * jax.nn.one_hot(y, 3, dtype=jnp.float64) + 0.1
+    expected = -jnp.sum(t * jax.nn.log_softmax(net.logits(params, x)), axis=-1)
+    np.testing.assert_allclose(net.per_example_loss(params, x, y), expected, rtol=1e-12)
+    sigmoid = nn.mlp([4, 5, 3], loss="binary_cross_entropy", label_smoothing=0.3)
+    labels = (jnp.arange(18).reshape(6, 3) % 2).astype(jnp.float64)
+    z = sigmoid.logits(params, x)
+    smoothed = fmlp.gates.sigmoid_binary_cross_entropy(z, 0.7 * labels + 0.15)
+    np.testing.assert_allclose(sigmoid.per_example_loss(params, x, labels), smoothed, rtol=1e-12)
+
+
+def test_class_weights_scale_each_examples_loss(key):
+    net = nn.mlp([4, 5, 3], class_weight=(1.0, 3.0, 0.5))
+    params = net.init(key, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (6, 4), jnp.float64)
+    y = jnp.arange(6) % 3
+    plain = net._replace(class_weight=None).per_example_loss(params, x, y)
+    weights = jnp.array([1.0, 3.0, 0.5])[y]
+    np.testing.assert_allclose(net.per_example_loss(params, x, y), plain * weights, rtol=1e-12)
+    one_hot = jax.nn.one_hot(y, 3, dtype=jnp.float64)  # rows: the weight of their class
+    np.testing.assert_allclose(net.per_example_loss(params, x, one_hot), plain * weights)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"activation": ("relu",)}, r"^activation: a list needs one entry per hidden layer \(2\)"),
+        ({"dropout": (0.1, 0.2, 0.3)}, r"^dropout: a list needs one entry per hidden layer"),
+        ({"dropout": 1.0}, r"^dropout: expected rates in \[0, 1\), got 1\.0"),
+        ({"dropout": (0.1, -0.5)}, r"^dropout: expected rates in \[0, 1\)"),
+        ({"label_smoothing": 1.0}, r"^label_smoothing: expected a value in \[0, 1\)"),
+        ({"label_smoothing": 0.1, "loss": "huber"}, r"^label_smoothing: .* regression head"),
+        ({"class_weight": (1.0, 2.0)}, r"^class_weight: expected 3 positive weights"),
+        ({"class_weight": (1.0, 2.0, 0.0)}, r"^class_weight: expected 3 positive weights"),
+        ({"class_weight": (1.0, 1.0, 1.0), "loss": "huber"}, r"^class_weight: .*not of 'huber'"),
+    ],
+)
+def test_mlp_refuses_options_that_do_not_fit_the_net(options, match):
+    with pytest.raises(ValueError, match=match):
+        nn.mlp([4, 5, 5, 3], **options)
+
+
+def test_functional_apply_and_loss_take_the_same_options(key):
+    net = nn.mlp([4, 5, 5, 3], activation=("relu", "gelu"), layer_norm=True, residual=True,
+                 loss="huber")  # fmt: skip
+    params = net.init(key)
+    x = jax.random.normal(jax.random.key(1), (6, 4), jnp.float32)
+    t = jax.random.normal(jax.random.key(2), (6, 3), jnp.float32)
+    options = {"activation": ("relu", "gelu"), "layer_norm": True, "residual": True}
+    np.testing.assert_array_equal(nn.apply(params, x, **options), net.apply(params, x))
+    np.testing.assert_array_equal(
+        nn.loss(params, x, t, output=None, loss="huber", **options), net.loss(params, x, t)
+    )

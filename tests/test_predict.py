@@ -195,3 +195,25 @@ def test_a_reader_that_stops_early_ends_predict_quietly(penguins, tmp_path):
     assert len(result.stdout.splitlines()) == 2
     assert result.returncode in (0, 141), result.stderr  # 141: SIGPIPE, as coreutils end
     assert "Traceback" not in result.stderr and "Broken pipe" not in result.stderr
+
+
+def test_a_binary_sigmoid_head_predicts_labels_and_probabilities(tmp_path):
+    # A table whose label column holds 0/1: the binary case of binary_cross_entropy.
+    x, y = fmlp.data.lecture_multilabel(300)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])]).assign(y=y[:, 0])
+    table = tmp_path / "binary.csv"
+    frame.to_csv(table, index=False)
+    out = tmp_path / "run"
+    fmlp.fit(
+        str(ROOT / "configs/table_example.yaml"),
+        overrides=[*QUIET, f"data.train={table}", "data.label=y", "data.categorical=[]",
+                   "model.output=null", "model.loss=binary_cross_entropy", "train.epochs=20"],
+        out=out,
+    )  # fmt: skip
+    result = predict_frame(out, table, tmp_path, proba=True)
+    assert list(result.columns) == ["prediction", "proba"]
+    _, predict = fmlp.load(out)
+    proba = np.asarray(predict(x))[:, 0]
+    np.testing.assert_allclose(result["proba"], proba, atol=1e-6)
+    assert list(result["prediction"]) == list((proba > 0.5).astype(int))
+    assert np.mean(result["prediction"] == y[:, 0]) > 0.9  # label 0 is linear in f0 + f1

@@ -967,3 +967,107 @@ def test_the_progress_bar_advances_inside_a_long_epoch(feature_runs):
         range(SPLIT_AT + 2, len(feature_runs["split"].history["epochs"]) + 1)
     )
     assert {int(done) for _, done in steps} >= {12}
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+BLOCKS = (
+    CLASSIFICATION,
+    "model.hidden=[16, 16]",
+    "model.activation=[gelu, silu]",
+    "model.dropout=[0.3, 0.1]",
+    "model.layer_norm=true",
+    "model.residual=true",
+    "model.label_smoothing=0.1",
+    "data.class_weight=balanced",
+    "train.checkpoint_every=1",
+    "run.progress=never",
+)
+
+
+@pytest.fixture(scope="module")
+def blocks_run(tmp_path_factory) -> Run:
+    """Four epochs of lecture_classification with every model block turned on."""
+    return fit_run(tmp_path_factory, *BLOCKS, "train.epochs=4", name="blocks")
+
+
+def test_a_run_with_every_block_trains_and_saves_its_layer_norm(blocks_run: Run):
+    summary, rows = blocks_run.history["summary"], read_jsonl(blocks_run.dir / "metrics.jsonl")
+    assert summary["test_accuracy"] > 0.5  # chance: 1/3
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    saved = config.load(blocks_run.dir / "config.yaml")
+    assert saved == blocks_run.cfg and saved.model.loss == "cross_entropy"
+    params = fmlp.run.restore_params(blocks_run.dir)
+    assert [sorted(layer) for layer in params] == [["W", "b", "offset", "scale"]] * 2 + [["W", "b"]]
+    assert not np.allclose(params[1]["scale"], 1.0)  # the layer norm's scale was trained
+    assert_params_equal(params, blocks_run.state.params)
+
+
+def test_a_resumed_run_with_dropout_is_bitwise_the_uninterrupted_one(tmp_path, blocks_run: Run):
+    out = tmp_path / "run"
+    fmlp.fit(BLOCKS[0], overrides=[*BLOCKS[1:], "train.epochs=2"], out=out)
+    state, _ = fmlp.fit(BLOCKS[0], overrides=[*BLOCKS[1:], "train.epochs=4"], resume=out)
+    assert_params_equal(state.params, blocks_run.state.params)
+    assert_params_equal(fmlp.run.restore_params(out), blocks_run.state.params)
+    reference = [without_seconds(r) for r in read_jsonl(blocks_run.dir / "metrics.jsonl")]
+    assert [without_seconds(r) for r in read_jsonl(out / "metrics.jsonl")] == reference
+
+
+def test_predict_and_evaluation_run_without_dropout(blocks_run: Run):
+    params, predict = fmlp.load(blocks_run.dir)
+    raw = raw_test_split(blocks_run.cfg)
+    probs = np.asarray(predict(raw.x_test))
+    np.testing.assert_array_equal(probs, np.asarray(predict(raw.x_test)))  # no masks drawn
+    ds = fmlp.run.load_dataset(blocks_run.cfg)
+    net = train.build_model(blocks_run.cfg, num_features=2, num_outputs=3)
+    np.testing.assert_allclose(probs, net.apply(params, ds.x_test), rtol=1e-5, atol=1e-6)
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == raw.y_test))
+    assert accuracy == pytest.approx(blocks_run.history["summary"]["test_accuracy"], abs=1e-6)
+    report = fmlp.run.evaluate_checkpoint(blocks_run.dir, split="test")
+    assert report["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_class_weights_of_the_wrong_length_stop_the_run_before_it_starts(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.class_weight: expected one weight per class \(3"):
+        fmlp.fit(CLASSIFICATION, overrides=["data.class_weight=[1.0, 2.0]"], out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory) -> Run:
+    return fit_run(
+        tmp_path_factory, CLASSIFICATION, "data.name=lecture_multilabel", "model.output=sigmoid",
+        "model.hidden=[32, 32]", "model.activation=relu", "optimizer.name=adam",
+        "optimizer.learning_rate=0.01", "train.epochs=40", "train.checkpoint_every=40",
+        "run.progress=never", name="multilabel",
+    )  # fmt: skip
+
+
+def test_multi_label_training_learns_every_label(multilabel_run: Run):
+    summary = multilabel_run.history["summary"]
+    assert multilabel_run.cfg.model.loss == "binary_cross_entropy"
+    # Chance is about 1/2 per label; label 1 (an XOR of signs) needs the hidden layers.
+    assert summary["test_accuracy"] > 0.9
+    assert len(summary["test_label_accuracy"]) == len(summary["test_label_f1"]) == 3
+    assert min(summary["test_label_accuracy"]) > 0.85 and summary["test_f1"] > 0.85
+    rows = read_jsonl(multilabel_run.dir / "metrics.jsonl")
+    assert {"val_accuracy", "val_f1"} <= set(rows[-1]) and rows[-1]["val_accuracy"] > 0.9
+    _, predict = fmlp.load(multilabel_run.dir)
+    raw = raw_test_split(multilabel_run.cfg)
+    probs = np.asarray(predict(raw.x_test))
+    assert probs.shape == raw.y_test.shape == (len(raw.x_test), 3)
+    assert np.all((probs >= 0) & (probs <= 1))
+    accuracy = float(np.mean((probs > 0.5) == (raw.y_test > 0.5)))
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_a_huber_regression_reports_mse_and_mae(tmp_path_factory):
+    run = fit_run(
+        tmp_path_factory, REGRESSION, "model.loss=huber", "train.epochs=3", "run.progress=never",
+        name="huber",
+    )  # fmt: skip
+    summary = run.history["summary"]
+    assert run.cfg.model.output == "identity"
+    assert 0 < summary["test_mae"] < 2 and 0 < summary["test_mse"] < 5
+    rows = read_jsonl(run.dir / "metrics.jsonl")
+    assert {"val_mse", "val_mae"} <= set(rows[-1])

@@ -175,12 +175,20 @@ def test_build_model_follows_the_config():
          "precision": "bfloat16"}
     )  # fmt: skip
     net = train.build_model(cfg, num_features=3, num_outputs=4)
-    assert net == nn.MLP((3, 7, 5, 4), "relu", "softmax", "he_normal", "bfloat16")
+    assert net == nn.MLP((3, 7, 5, 4), "relu", "cross_entropy", "he_normal", "bfloat16")
     assert train.metric_name(net) == "accuracy"
     regression = config.from_dict(
         {"model": {"output": "identity"}, "data": {"name": "lecture_regression"}}
     )
     assert train.metric_name(train.build_model(regression, num_features=8, num_outputs=2)) == "mse"
+    blocks = config.from_dict(
+        {"model": {"hidden": [6, 6], "activation": ["gelu", "elu"], "dropout": [0.5, 0.1],
+                   "layer_norm": True, "residual": True, "label_smoothing": 0.1}}
+    )  # fmt: skip
+    net = train.build_model(blocks, num_features=3, num_outputs=4, class_weight=(1.0,) * 4)
+    assert (net.activations, net.dropout_rates) == (("gelu", "elu"), (0.5, 0.1))
+    assert (net.layer_norm, net.residual, net.label_smoothing) == (True, True, 0.1)
+    assert net.class_weight == (1.0,) * 4 and net.stochastic
 
 
 def test_evaluate_reports_the_heads_metrics(problem):
@@ -198,11 +206,72 @@ def test_evaluate_reports_the_heads_metrics(problem):
     got = train.make_evaluate(regression, n=N, batch_size=32)(rparams, x, targets)
     mse = float(jnp.mean(jnp.square(regression.apply(rparams, x) - targets)))
     assert float(got["mse"]) == pytest.approx(mse, rel=1e-5)
-    assert set(got) == {"loss", "mse"}
+    mae = float(jnp.mean(jnp.abs(regression.apply(rparams, x) - targets)))
+    assert float(got["mae"]) == pytest.approx(mae, rel=1e-5)
+    assert set(got) == {"loss", "mse", "mae"}
+    assert train.metric_names(regression) == ("mse", "mae")
+
     poisson = nn.mlp([FEATURES, 4, 2], output="exp")  # its mse is that of the rates exp(s)
     got = train.make_evaluate(poisson, n=N, batch_size=32)(rparams, x, jnp.abs(targets))
     mse = float(jnp.mean(jnp.square(poisson.apply(rparams, x) - jnp.abs(targets))))
     assert float(got["mse"]) == pytest.approx(mse, rel=1e-5)
+
+
+def test_evaluate_reports_per_label_accuracy_and_f1_for_a_sigmoid_head():
+    net = nn.mlp([2, 3], loss="binary_cross_entropy")  # no hidden layer: logits = x W + b
+    f32 = lambda rows: jnp.array(rows, jnp.float32)
+    params = [{"W": jnp.eye(2, 3, dtype=jnp.float32), "b": f32([0.0, 0.0, -1.0])}]
+    x = f32([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # label 2: never
+    y = f32([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    # predicted: label 0 for rows 0-1 (right), label 1 for rows 0 and 2 (row 1 missed)
+    got = train.make_evaluate(net, n=4, batch_size=3)(params, x, y)
+    np.testing.assert_allclose(got["label_accuracy"], [1.0, 0.75, 1.0])
+    np.testing.assert_allclose(got["label_f1"], [1.0, 0.8, 0.0])  # 2 tp / (2 tp + 1 fn)
+    assert float(got["accuracy"]) == pytest.approx(2.75 / 3)
+    assert float(got["f1"]) == pytest.approx(1.8 / 3)
+    loss = jnp.mean(fmlp.gates.sigmoid_binary_cross_entropy(net.logits(params, x), y))
+    assert float(got["loss"]) == pytest.approx(float(loss), rel=1e-6)
+    assert train.metric_names(net) == ("accuracy", "f1")
+
+
+def test_a_keyed_epoch_draws_its_dropout_masks_from_the_state_key(problem):
+    _, x, y = problem
+    net = nn.mlp([FEATURES, 16, CLASSES], activation="relu", dropout=0.5)
+    first, loss_a = run_epochs(net, x, y, keyed=True, epochs=2)
+    again, loss_b = run_epochs(net, x, y, keyed=True, epochs=2)
+    chex.assert_trees_all_equal(first.params, again.params)  # the same key, the same masks
+    assert loss_a == loss_b
+    unmasked, loss_c = run_epochs(net, x, y, epochs=2)  # no key: the loss runs without dropout
+    assert not np.allclose(first.params[0]["W"], unmasked.params[0]["W"])
+    assert loss_a[0] > loss_c[0]
+    # Two epochs in one go, or one and then one more: the same masks.
+    tx = optax.sgd(0.1, momentum=0.9)
+    epoch = train.make_epoch(net.loss, tx, n=N, batch_size=BATCH, keyed=True, donate=False)
+    state = train.init_state(net, tx, seed=3)
+    for _ in range(2):
+        state, _ = epoch(state, x, y)
+    chex.assert_trees_all_equal(state.params, first.params)
+    steps = train.step_keys(jax.random.split(train.init_state(net, tx, seed=3).key)[1], 7)
+    assert steps.shape == (7, 2) and len({tuple(np.asarray(k)) for k in steps}) == 7
+
+
+def test_the_gradient_check_sees_the_first_steps_dropout_mask(problem):
+    _, x, y = problem
+    net = nn.mlp([FEATURES, 16, CLASSES], activation="relu", dropout=0.5)
+    state = train.init_state(net, optax.sgd(0.1), seed=3)
+    errors = train.make_gradient_check(net.loss, n=N, batch_size=BATCH, keyed=True)(
+        state.params, x, y, state.key
+    )
+    assert max(float(e) for e in errors.values()) < 1e-5
+
+
+def test_class_weights_balanced_and_given():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    assert train.class_weights("balanced", y, 4) == (6 / 12, 6 / 4, 6 / 8, 1.0)  # 3 absent
+    assert train.class_weights([1.0, 2.0, 3.0], y, 3) == (1.0, 2.0, 3.0)
+    assert train.class_weights(None, y, 3) is None
+    with pytest.raises(errors.ConfigError, match=r"data\.class_weight: expected one weight per"):
+        train.class_weights([1.0, 2.0], y, 3)
 
 
 def test_optax_dtypes_lets_optax_run_under_strict_promotion():

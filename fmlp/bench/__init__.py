@@ -215,16 +215,18 @@ def _run_tta(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     overrides += [f"data.path={args.data_path}"] if args.data_path else []
     cfg = config.resolve(args.config, overrides)
     m, o = cfg.model, cfg.optimizer
-    plain = ("relu", "softmax", "sgd", 0.0, None, 1)
-    if (m.activation, m.output, o.name, o.weight_decay, o.clip_norm, cfg.train.accumulate) != (
-        plain
-    ) or o.schedule == "plateau":
+    plain = ("relu", "cross_entropy", "sgd", 0.0, None, 1)
+    blocks = m.dropout or m.layer_norm or m.residual or m.label_smoothing  # others lack them
+    setting = (m.activation, m.loss, o.name, o.weight_decay, o.clip_norm, cfg.train.accumulate)
+    if setting != plain or blocks or o.schedule == "plateau":
         raise errors.ConfigError(
-            f"--time-to-accuracy needs model.activation=relu, model.output=softmax and plain SGD "
+            f"--time-to-accuracy needs model.activation=relu, model.loss=cross_entropy, none of "
+            f"model.dropout, layer_norm, residual and label_smoothing, and plain SGD "
             f"(optimizer.name=sgd, no weight_decay, clip_norm, train.accumulate or plateau "
-            f"schedule); {args.config} has {m.activation}, {m.output}, {o.name}, "
-            f"weight_decay={o.weight_decay}, clip_norm={o.clip_norm}, "
-            f"accumulate={cfg.train.accumulate}, schedule={o.schedule}"
+            f"schedule); {args.config} has {m.activation}, {m.loss}, dropout={m.dropout}, "
+            f"layer_norm={m.layer_norm}, residual={m.residual}, "
+            f"label_smoothing={m.label_smoothing}, {o.name}, weight_decay={o.weight_decay}, "
+            f"clip_norm={o.clip_norm}, accumulate={cfg.train.accumulate}, schedule={o.schedule}"
         )
     ds = run.load_dataset(cfg)
     net = train.build_model(cfg, num_features=ds.num_features, num_outputs=ds.num_outputs)
