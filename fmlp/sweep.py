@@ -602,21 +602,25 @@ def _asked(
         def tell(members: Sequence[Member], asked: list = asked) -> None:
             for t, trial in enumerate(asked):
                 mine = members[t * seeds : (t + 1) * seeds]
-                scores = [_best(m, metric) for m in mine]
-                if any(m.status == "diverged" for m in mine) or None in scores:
+                best = [_best(m, metric) for m in mine]
+                if any(m.status == "diverged" for m in mine) or None in best:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 else:
-                    study.tell(trial, float(np.mean(scores)))
+                    study.tell(trial, float(np.mean([value for _, value in best])))
 
         yield points, tell
         done += len(asked)
 
 
-def _best(m: Member, metric: str) -> float | None:
-    scores = [row[f"val_{metric}"] for row in m.run.history if row.get(f"val_{metric}") is not None]
-    if not scores:
+def _best(m: Member, metric: str) -> tuple[int, float] | None:
+    """``(epoch, value)`` of a member's best validation ``metric`` (accuracy: highest; mse:
+    lowest, the first of equals); None before any validation."""
+    scored = [(row["epoch"], row[f"val_{metric}"]) for row in m.run.history]
+    scored = [(epoch, value) for epoch, value in scored if value is not None]
+    if not scored:
         return None
-    return max(scores) if metric == "accuracy" else min(scores)
+    pick = max if metric == "accuracy" else min
+    return pick(scored, key=lambda point: point[1])
 
 
 def _member_config(base: config.Config, point: Mapping[str, str]) -> config.Config:
@@ -632,15 +636,12 @@ def _table(members: Sequence[Member]) -> list[dict[str, Any]]:
     rows = []
     for m in members:
         metric = m.run.metric
-        history = m.run.history
-        scores = [row[f"val_{metric}"] for row in history if row.get(f"val_{metric}") is not None]
-        pick = max if metric == "accuracy" else min
-        best = pick(range(len(scores)), key=scores.__getitem__) if scores else None
+        best_epoch, best_value = _best(m, metric) or (None, None)
         rows.append(
             {"member": m.index, **m.overrides, "status": m.status,
-             "epochs": len(history),
-             "best_epoch": history[best]["epoch"] if best is not None else None,
-             f"best_val_{metric}": scores[best] if best is not None else None,
+             "epochs": len(m.run.history),
+             "best_epoch": best_epoch,
+             f"best_val_{metric}": best_value,
              f"test_{metric}": m.summary.get(f"test_{metric}"),
              "test_loss": m.summary.get("test_loss"),
              "run_dir": str(m.run.dir)}

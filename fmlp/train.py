@@ -618,13 +618,14 @@ def metric_name(net: nn.MLP) -> str:
 
 
 def _first_batch(
-    x: Array, y: Array, key: Array, *, n: int, batch_size: int, layout: Layout | None
-) -> tuple[Array, Array, Array]:
-    """The first mini-batch ``(x_b, y_b, w_b)`` of the epoch that ``key`` (a state's) orders."""
-    _, order_key = jax.random.split(key)
-    idx, mask = data.batch_indices(order_key, n, batch_size)
+    x: Array, y: Array, key: Array, *, n: int, batch_size: int, layout: Layout | None, keyed: bool
+) -> tuple[tuple[Array, Array, Array], dict[str, Array]]:
+    """The first mini-batch ``(x_b, y_b, w_b)`` of the epoch that ``key`` (a state's) orders,
+    and the loss's keyword arguments for it: ``{"key": its dropout key}`` when ``keyed``."""
+    _, idx, mask = epoch_order(key, None, n=n, batch_size=batch_size, shuffle=True)
     batch = (x[idx[0]], y[idx[0]], mask[0])
-    return batch if layout is None else layout.shard_batch(*batch)
+    keyword = {"key": step_keys(key, idx.shape[0])[0]} if keyed else {}
+    return (batch if layout is None else layout.shard_batch(*batch)), keyword
 
 
 def make_gradients(
@@ -640,8 +641,9 @@ def make_gradients(
     state's) orders, shaped like ``params``."""
 
     def gradients(params: nn.Params, x: Array, y: Array, key: Array) -> nn.Params:
-        batch = _first_batch(x, y, key, n=n, batch_size=batch_size, layout=layout)
-        keyword = {"key": step_keys(key, -(-n // batch_size))[0]} if keyed else {}
+        batch, keyword = _first_batch(
+            x, y, key, n=n, batch_size=batch_size, layout=layout, keyed=keyed
+        )
         return engine.grad(loss)(params, *batch, **keyword)
 
     return jax.jit(gradients)
@@ -664,8 +666,9 @@ def make_gradient_check(
     """
 
     def check(params: nn.Params, x: Array, y: Array, key: Array) -> dict[str, Array]:
-        batch = _first_batch(x, y, key, n=n, batch_size=batch_size, layout=layout)
-        keyword = {"key": step_keys(key, -(-n // batch_size))[0]} if keyed else {}
+        batch, keyword = _first_batch(
+            x, y, key, n=n, batch_size=batch_size, layout=layout, keyed=keyed
+        )
         ours = engine.grad(loss)(params, *batch, **keyword)
         ref = jax.grad(loss)(params, *batch, **keyword)
         return {
