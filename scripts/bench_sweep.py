@@ -14,16 +14,15 @@ the run directories; their ratio is printed and saved, with the date and machine
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import fmlp
 from fmlp import sweep
+from fmlp.bench.report import metadata as report_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"tiny": ([16, 16], 16), "small": ([256, 256], 128)}
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{sequential:6.1f} s, ratio {swept / sequential:.3f}"
         )
     report = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores",
+        **report_metadata(" ".join(["python", *sys.argv])),  # date, CPU, device, versions
         "results": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -15,9 +15,7 @@ should cost well under one epoch: the ratio is printed and saved.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -121,10 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"peak RSS {r['peak_rss_mib_after_load']:.0f} MiB after load, "
                 f"{r['peak_rss_mib_after_epoch']:.0f} MiB after the epoch"
             )
+    from fmlp.bench.report import metadata as report_metadata
+
     report = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores",
+        **report_metadata(" ".join(["python", *sys.argv])),  # date, CPU, device, versions
         "rows": args.rows,
         "columns": args.columns,
         "results": results,
