@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -396,25 +396,36 @@ def _label_strings(series: Any, name: str, column: str, row: Any) -> tuple[np.nd
     """A label column as :func:`_distinct`'s ``(codes, names)``; DataError at the first
     missing label or fractional number."""
     where = f"{name}: label column {column!r}"
-    codes, uniques = require_pandas().factorize(series.to_numpy(), use_na_sentinel=False)
-    for j, v in enumerate(uniques):
-        if isinstance(v, float | np.floating) and v == v and v != round(v):
-            raise DataError(
-                f"{where}, {row(int(np.argmax(codes == j)))}: {v} is not a class (a whole "
-                "number or a name); for numeric targets use a regression head (model.output: "
-                "identity)."
-            )
-    return _distinct(series, where, "the label", row)
+
+    def whole(codes: np.ndarray, uniques: Any) -> None:
+        for j, v in enumerate(uniques):
+            if isinstance(v, float | np.floating) and v != round(v):
+                raise DataError(
+                    f"{where}, {row(int(np.argmax(codes == j)))}: {v} is not a class (a whole "
+                    "number or a name); for numeric targets use a regression head "
+                    "(model.output: identity)."
+                )
+
+    return _distinct(series, where, "the label", row, check=whole)
 
 
-def _distinct(series: Any, where: str, what: str, row: Any) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(
+    series: Any,
+    where: str,
+    what: str,
+    row: Any,
+    check: Callable[[np.ndarray, Any], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, names)``: each row's index ``(n,)`` into the column's distinct values, named
     as text and sorted ``(m,)``, computed per distinct value, not per row; DataError at
-    ``where`` for the first missing value (``what`` says what it is)."""
+    ``where`` for the first missing value (``what`` says what it is). ``check(codes,
+    uniques)`` may refuse the distinct values before they are named."""
     missing = series.isna().to_numpy()
     if missing.any():
         raise DataError(f"{where}, {row(int(np.argmax(missing)))}: {what} is missing.")
     codes, uniques = require_pandas().factorize(series.to_numpy())
+    if check is not None:
+        check(codes, uniques)
     # Values that read the same (1 and 1.0, 1 and "1") become one name.
     names, merged = np.unique(
         np.asarray([_name(v) for v in uniques], dtype=str), return_inverse=True
