@@ -1515,12 +1515,13 @@ def predict_file(
         for member in runs:
             member.require_outside(out)
     configs = [member.read_config() for member in runs]
-    run, cfg = runs[0], configs[0]
+    nets = [member.model(member_cfg) for member, member_cfg in zip(runs, configs)]
+    run, cfg, net = runs[0], configs[0], nets[0]
     pre = run.preprocessing(cfg)
-    net = run.model(cfg)
     names = run.class_names(cfg, net)
-    for member, member_cfg in zip(runs[1:], configs[1:]):
-        if (member.preprocessing(member_cfg), member.class_names(member_cfg, net)) != (pre, names):
+    for member, member_cfg, member_net in zip(runs[1:], configs[1:], nets[1:]):
+        encoding = (member.preprocessing(member_cfg), member.class_names(member_cfg, member_net))
+        if encoding != (pre, names):
             raise data.DataError(
                 f"{member} and {run} encode their inputs or name their outputs differently; "
                 "an ensemble averages runs trained on the same data."
@@ -1530,9 +1531,9 @@ def predict_file(
     chunks = _input_chunks(input, cfg, pre, net, batch_size)
     first = next(chunks)  # reads, checks and encodes the first batch before the checkpoint
     models = []
-    for member, member_cfg in zip(runs, configs):
+    for member, member_cfg, member_net in zip(runs, configs, nets):
         mean, std = member.normalizer(member_cfg) or (np.float32(0.0), np.float32(1.0))
-        forward = jax.jit(member.model(member_cfg).apply)
+        forward = jax.jit(member_net.apply)
         models.append((forward, _restore(member, member_cfg, best=best), mean, std))
     shape = batch_size if len(first) == batch_size else len(first)
     writer = _PredictionWriter(out, kind)
