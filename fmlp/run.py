@@ -35,6 +35,7 @@ import importlib.metadata
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import platform
@@ -1834,7 +1835,15 @@ def _onnx(model: Callable[[Array], Array], num_features: int) -> bytes:
             "--format onnx needs jax2onnx and onnxruntime: pip install 'fmlp[onnx]' (README's "
             "setup, scripts/setup.sh, installs them)."
         ) from None
-    proto = jax2onnx.to_onnx(
-        model, [("B", num_features)], model_name="fmlp", input_names=["x"], output_names=["y"]
-    )
-    return proto.SerializeToString()
+    # onnx_ir logs a warning per symbolic dimension it keeps untyped (the batch B); the
+    # model is complete (tests run it in onnxruntime), so the user need not see them.
+    log = logging.getLogger("onnx_ir")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        proto = jax2onnx.to_onnx(
+            model, [("B", num_features)], model_name="fmlp", input_names=["x"], output_names=["y"]
+        )
+        return proto.SerializeToString()
+    finally:
+        log.setLevel(level)
