@@ -148,3 +148,10 @@ def test_an_artifact_with_layer_norm_and_dropout_equals_predict(tmp_path):
     again = tmp_path / "again.csv"
     run.predict_file(out, PENGUINS, out=again, proba=True)
     assert again.read_text() == predicted.read_text()
+
+
+def test_onnx_without_the_extra_names_it_and_writes_nothing(penguins, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if not installed
+    with pytest.raises(errors.ModuleLoadError, match=r"pip install 'fmlp\[onnx\]'"):
+        run.export_run(penguins, tmp_path / "m.onnx", format="onnx")
+    assert not list(tmp_path.iterdir())

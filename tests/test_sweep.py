@@ -266,3 +266,10 @@ def test_early_stopping_stops_each_member_as_its_own_run_would(tmp_path):
             assert summary[key] == alone["summary"][key], key
     stopped = {r["optimizer.learning_rate"]: r["epochs"] for r in result["members"]}
     assert stopped["1e-5"] < stopped["0.3"]  # the slow member stopped first, alone
+
+
+def test_a_search_without_optuna_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'fmlp\[search\]'"):
+        sweep.sweep(BASE, GRID, search="optuna", out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
