@@ -29,7 +29,6 @@ import csv
 import dataclasses
 import errno
 import fcntl
-import functools
 import hashlib
 import importlib.metadata
 import io
@@ -632,7 +631,7 @@ class Programs(NamedTuple):
     """The run's compiled programs."""
 
     epoch: Any
-    progress_epoch: Callable[[], Any] | None  # the epoch reporting its steps, compiled on call
+    progress_epoch: Callable[[float], Any] | None  # progress_epoch(last epoch's seconds): below
     evaluate_val: Any
     learning_rate: Any  # state -> the rate of the last step taken
     check_gradients: Any | None  # None: train.check_gradients_every is off
@@ -944,23 +943,32 @@ def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = 
 
     ``progress``: the in-epoch progress callback (:func:`fmlp.train.make_epoch`); the epoch
     that calls it is compiled on first use (:attr:`Programs.progress_epoch`), only once an
-    epoch has run longer than :data:`PROGRESS_AFTER` seconds.
+    epoch has run longer than :data:`PROGRESS_AFTER` seconds, to report every
+    :data:`PROGRESS_INTERVAL` seconds at that epoch's pace (:func:`progress_every`).
     """
     tc, (x, y, xv, yv), state, layout = run.cfg.train, run.arrays, run.state, run.layout
     n = len(x)
     start = time.perf_counter()
 
-    def compiled_epoch(progress: Callable[[Any, Any], None] | None) -> Any:
+    def compiled_epoch(progress: Callable[[Any, Any], None] | None, every: int = 1) -> Any:
         return train.make_epoch(
             run.net.loss, run.optimizer.tx, n=n, batch_size=tc.batch_size,
             gradients=tc.gradients, unroll=tc.unroll, layout=layout, keyed=run.net.stochastic,
             permute=train.use_permuted_copy(tc.batches, run.net, x, y, batch_size=tc.batch_size),
-            progress=progress,
-            progress_every=max(1, math.ceil(n / tc.batch_size) // PROGRESS_UPDATES),
+            progress=progress, progress_every=every,
         ).lower(state, x, y).compile()  # fmt: skip
 
     epoch = compiled_epoch(None)
-    progress_epoch = None if progress is None else functools.cache(lambda: compiled_epoch(progress))
+    progress_epoch = None
+    if progress is not None:
+        steps, compiled = math.ceil(n / tc.batch_size), []
+
+        def progress_epoch(seconds: float) -> Any:
+            """Compiled on the first call, at the pace of that epoch (``seconds``); then reused."""
+            if not compiled:
+                compiled.append(compiled_epoch(progress, progress_every(steps, seconds)))
+            return compiled[0]
+
     evaluate = (
         train.make_evaluate(run.net, n=len(xv), batch_size=tc.eval_batch_size, layout=layout)
         .lower(state.params, xv, yv)
@@ -995,13 +1003,18 @@ def compile_programs(run: Run, *, progress: Callable[[Any, Any], None] | None = 
     )
 
 
-PROGRESS_UPDATES = 10
-"""How often per epoch the compiled epoch reports its steps to the progress bar."""
+PROGRESS_INTERVAL = 0.25
+"""Seconds between the compiled epoch's reports of its steps to the progress bar: each one
+stops the loop for a host callback (0.3-0.7 ms on the idle 2-core CPU), so a report every
+quarter second costs a fixed ~0.2% of any epoch, however many steps it has."""
 
 PROGRESS_AFTER = 1.0
-"""Seconds an epoch must have taken before the next ones report their steps: each report
-stops the compiled loop for a host callback (about 0.1 ms on the idle 2-core CPU, several
-under load), which a short epoch need not pay."""
+"""Seconds an epoch must have taken before the next ones report their steps."""
+
+
+def progress_every(steps: int, seconds: float) -> int:
+    """Steps between two reports for an epoch of ``steps`` steps that took ``seconds``."""
+    return max(1, min(steps, round(steps * PROGRESS_INTERVAL / max(seconds, 1e-9))))
 
 
 def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[float]:
@@ -1020,7 +1033,7 @@ def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[floa
                 break
             long = bool(seconds) and seconds[-1] > PROGRESS_AFTER
             reports = programs.progress_epoch is not None and long
-            program = programs.progress_epoch() if reports else programs.epoch  # compiled once
+            program = programs.progress_epoch(seconds[-1]) if reports else programs.epoch
             start = time.perf_counter()
             run.state, train_loss = program(run.state, x, y)
             device = {"train_loss": train_loss, **programs.evaluate_val(run.state.params, xv, yv)}

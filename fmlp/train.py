@@ -371,6 +371,31 @@ def epoch_order(
     return key, idx, mask if w is None else w[idx] * mask.astype(w.dtype)
 
 
+def _steps_with_progress(
+    step: Callable, carry: tuple, batches: tuple, steps: int, progress: Callable,
+    every: int, unroll: int,
+) -> tuple:  # fmt: skip
+    """``lax.scan(step, carry, batches)`` as chunks of ``every`` steps with ``progress(done,
+    total)`` on the host after each chunk and after the last step: a callback per chunk, not
+    a ``cond`` per step, so the steps between reports compile as in the plain loop."""
+    every = max(1, min(every, steps))
+    chunks = steps // every
+
+    def at(carry: tuple, i: Array) -> tuple[tuple, None]:
+        return step(carry, jax.tree.map(lambda a: a[i], batches))
+
+    def chunk(carry: tuple, start: Array) -> tuple[tuple, None]:
+        carry, _ = jax.lax.scan(at, carry, start + jnp.arange(every), unroll=unroll)
+        jax.debug.callback(progress, start + every, carry[-1])
+        return carry, None
+
+    carry, _ = jax.lax.scan(chunk, carry, jnp.arange(chunks) * every)
+    if steps % every:
+        carry, _ = jax.lax.scan(at, carry, jnp.arange(chunks * every, steps), unroll=unroll)
+        jax.debug.callback(progress, jnp.int32(steps), carry[-1])
+    return carry
+
+
 def make_epoch(
     loss: Callable[..., Any],
     tx: optax.GradientTransformation,
@@ -437,8 +462,6 @@ def make_epoch(
 
         def step(carry: tuple, batch: tuple) -> tuple[tuple, None]:
             params, opt_state, total = carry
-            if progress is not None:
-                *batch, done = batch
             if permute:
                 xb, yb, wb, *step_key = batch
             else:
@@ -446,24 +469,20 @@ def make_epoch(
                 xb, yb, wb = shard(x[rows], y[rows], wb)
             keyword = {"key": step_key[0]} if keyed else {}
             params, opt_state, weighted = step_fn(params, opt_state, xb, yb, wb, *extra, **keyword)
-            total = total + weighted
-            if progress is not None:
-                jax.lax.cond(
-                    (done % progress_every == 0) | (done == steps),
-                    lambda: jax.debug.callback(progress, done, total),
-                    lambda: None,
-                )
-            return (params, opt_state, total), None
+            return (params, opt_state, total + weighted), None
 
         batches = shard(x[idx], y[idx], weights, stacked=True) if permute else (idx, weights)
         if keyed:
             batches = (*batches, step_keys(state.key, steps))
-        if progress is not None:
-            batches = (*batches, jnp.arange(1, steps + 1, dtype=jnp.int32))
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(state.params)))
-        (params, opt_state, total), _ = jax.lax.scan(
-            step, (state.params, state.opt_state, zero), batches, unroll=unroll
-        )
+        carry = (state.params, state.opt_state, zero)
+        if progress is None:
+            carry, _ = jax.lax.scan(step, carry, batches, unroll=unroll)
+        else:
+            carry = _steps_with_progress(
+                step, carry, batches, steps, progress, progress_every, unroll
+            )
+        params, opt_state, total = carry
         new_state = TrainState(params, opt_state, state.step + steps, state.epoch + 1, key)
         return new_state, total / jnp.maximum(jnp.sum(weights), 1e-30)
 
