@@ -74,6 +74,15 @@ def test_fashion_mnist_config_is_the_main_job():
     assert (cfg.train.epochs, cfg.train.batch_size) == (20, 128)
 
 
+def test_the_best_fashion_mnist_config_uses_the_building_blocks():
+    cfg = load(CONFIGS / "fashion_mnist_best.yaml")
+    m = cfg.model
+    assert m.hidden == [1024, 1024, 1024] and (m.layer_norm, m.residual) == (True, True)
+    assert m.dropout == 0.3 and m.loss == "cross_entropy"
+    assert cfg.optimizer.schedule == "cosine" and cfg.train.epochs == 40
+    assert cfg.data.validation_fraction == 0.0  # all 60,000 training images
+
+
 def test_round_trip(tmp_path):
     cfg = with_overrides(
         "model.hidden=[8, 4]",
