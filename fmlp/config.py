@@ -153,8 +153,9 @@ class DataConfig(_Section):
     # directory); test null: a stratified held-out split of train
     train: str | None = _field(None, pattern=_PATH)
     test: str | None = _field(None, pattern=_PATH)
-    # the label column (.npz: the label array); the task follows from model.output
-    label: str | None = _field(None, pattern=_COLUMN)
+    # the label column (.npz: the label array), or a list: multi-label 0/1 columns
+    # (model.loss: binary_cross_entropy) or regression targets; the task follows from the head
+    label: str | list[str] | None = _field(None, pattern=_COLUMN)  # noqa: RUF009
     # the feature columns in order; null: every other column (.npz: the features array, x)
     features: list[str] | None = _field(None, pattern=_COLUMN)  # noqa: RUF009
     # feature columns one-hot encoded, with the categories of the training file
@@ -331,6 +332,16 @@ class Config(_Section):
                         + ("training file" if key == "train" else "label column")
                         + "), got null"
                     )
+        labels = self.data.label
+        if isinstance(labels, list):
+            if not labels or len(set(labels)) != len(labels):
+                raise ConfigError(f"data.label: expected distinct column names, got {labels}")
+            if len(labels) > 1 and head_task == "classification":
+                raise ConfigError(
+                    f"data.label: {len(labels)} label columns need one output each: "
+                    "model.loss=binary_cross_entropy (0/1 labels) or a regression loss; "
+                    f"model.loss={m.loss!r} (softmax) takes one label column"
+                )
         if data_task is not None and head_task != data_task:  # None: the head sets the task
             fitting = [o for o, h in nn.HEADS.items() if h.task == data_task]
             raise ConfigError(

@@ -632,13 +632,14 @@ Table = str | os.PathLike[str] | tuple[Any, Any]
 """A table: a file path (``data.name: table``) or ``(x, y)`` arrays or frames (``arrays``)."""
 
 
-def _table_frame(source: Table, which: str, *, label: str | None, features: Any) -> tuple:
-    """``(frame, name for errors, row namer)`` of a table file or of ``(x, y)`` arrays."""
+def _table_frame(source: Table, which: str, *, label: Any, features: Any) -> tuple:
+    """``(frame, name for errors, row namer, label columns)`` of a table file or of
+    ``(x, y)`` arrays."""
     if isinstance(source, tuple):
         if len(source) != 2:
             raise DataError(f"{which}: expected a pair (x, y), got a tuple of {len(source)}.")
-        frame = tables.frame_from_arrays(*source, label=label)
-        return frame, f"arrays ({which})", tables.row_namer("arrays")
+        frame, labels = tables.frame_from_arrays(*source, label=label)
+        return frame, f"arrays ({which})", tables.row_namer("arrays"), labels
     if not isinstance(source, str | os.PathLike):
         raise DataError(
             f"{which}: expected a file path or a pair (x, y) of arrays, got "
@@ -658,8 +659,13 @@ def _table_frame(source: Table, which: str, *, label: str | None, features: Any)
             f"{need / 2**30:.2f} GiB, more than the {free / 2**30:.2f} GiB of memory available. "
             "Use a smaller file or a machine with more memory."
         )
+    if kind == "npz" and not isinstance(label, str | None):
+        raise DataError(
+            f"{source}: for an .npz file, data.label names the one label array; got "
+            f"{list(label)}. Give several labels as columns of a CSV or Parquet table."
+        )
     frame = tables.read_frame(source, label=label or "y", features=features)
-    return frame, str(source), tables.row_namer(kind)
+    return frame, str(source), tables.row_namer(kind), label
 
 
 def _read_table(
@@ -667,7 +673,7 @@ def _read_table(
     *,
     train: Table | None,
     test: Table | None,
-    label: str | None,
+    label: str | Sequence[str] | None,
     features: Sequence[str] | None,
     categorical: Sequence[str],
     task: str | None,
@@ -687,8 +693,7 @@ def _read_table(
         raise DataError("data.name=table needs data.train: a table file.")
     if name == "table" and label is None:
         raise DataError("data.name=table needs data.label: the label column.")
-    frame, where, row = _table_frame(train, "train", label=label, features=features)
-    label = label or str(frame.columns[-1])
+    frame, where, row, label = _table_frame(train, "train", label=label, features=features)
     npz = name == "table" and tables.file_format(train) == "npz"
     pre = tables.fit_preprocessing(
         frame, name=where, label=label, features=None if npz else features,  # npz: x0, x1, ...
@@ -696,6 +701,7 @@ def _read_table(
         task=task, row=row,
     )  # fmt: skip
     x, y = tables.encode(frame, pre, name=where, row=row)
+    tables.check_targets(y, pre, task, name=where, row=row)
     num_classes = None if pre.class_names is None else len(pre.class_names)
     if test is None:
         pool, held_out = _test_split(y, task)
@@ -705,8 +711,9 @@ def _read_table(
                 f"give a test file ({'data.test' if name == 'table' else 'test='})."
             )
         return x[pool], y[pool], x[held_out], y[held_out], task, num_classes, pre
-    test_frame, test_where, test_row = _table_frame(test, "test", label=label, features=features)
+    test_frame, test_where, test_row, _ = _table_frame(test, "test", label=label, features=features)
     x_test, y_test = tables.encode(test_frame, pre, name=test_where, row=test_row, training=False)
+    tables.check_targets(y_test, pre, task, name=test_where, row=test_row)
     return x, y, x_test, y_test, task, num_classes, pre
 
 
@@ -735,7 +742,7 @@ def load(
     synthetic_examples: int = 2000,
     train: Table | None = None,
     test: Table | None = None,
-    label: str | None = None,
+    label: str | Sequence[str] | None = None,
     features: Sequence[str] | None = None,
     categorical: Sequence[str] = (),
     task: str | None = None,
@@ -763,8 +770,10 @@ def load(
       train: for ``table``, the training file (.csv, .tsv, .parquet, .npz); for ``arrays``,
         ``(x, y)``: numpy arrays or pandas objects (a frame's columns name the features).
       test: like ``train``; ``None`` holds out a stratified test split of ``train``.
-      label: the label column of a table (for .npz, the label array's name); for arrays,
-        the label's name (default: the Series' name or ``y``).
+      label: the label column of a table, or a list of columns (multi-label 0/1 columns or
+        regression targets, one output each); for .npz, the label array's name; for
+        arrays, the label's name or names (default: the Series' or frame's, else ``y`` or
+        ``y0, y1, ...``).
       features: the feature columns in order (``None``: every other column; for .npz, the
         one features array, default ``x``).
       categorical: feature columns to one-hot encode, categories from ``train``.

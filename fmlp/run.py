@@ -341,6 +341,14 @@ class RunDir:
             return data.CLASS_NAMES
         return tuple(str(i) for i in range(net.sizes[-1]))
 
+    def output_names(self, cfg: config.Config, net: nn.MLP) -> tuple[str, ...] | None:
+        """What each output predicts: the classes (:meth:`class_names`) of a classification
+        run; a table's label columns when it has several; else None."""
+        if net.head.task == "classification":
+            return self.class_names(cfg, net)
+        pre = self.preprocessing(cfg)
+        return pre.labels if pre is not None and len(pre.labels) > 1 else None
+
     # -- metrics and reports
 
     def read_history(self, upto: int) -> list[dict[str, Any]]:
@@ -1467,11 +1475,13 @@ def evaluate_checkpoint(
     dataset = load_dataset(cfg)
     run.require_same_data(cfg, dataset, flag="fmlp eval")
     result = evaluate_split(cfg, dataset, params, split)
-    names = run.class_names(cfg, run.model(cfg))
+    net = run.model(cfg)
+    names = run.output_names(cfg, net)
+    key = "class_names" if net.task == "classification" else "label_names"
     return (
         {"split": split, "checkpoint": "best" if best else "latest"}
         | {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
-        | ({} if names is None else {"class_names": list(names)})
+        | ({} if names is None else {key: list(names)})
     )
 
 
@@ -1532,9 +1542,9 @@ def predict_file(
     nets = [member.model(member_cfg) for member, member_cfg in zip(runs, configs)]
     run, cfg, net = runs[0], configs[0], nets[0]
     pre = run.preprocessing(cfg)
-    names = run.class_names(cfg, net)
+    names = run.output_names(cfg, net)
     for member, member_cfg, member_net in zip(runs[1:], configs[1:], nets[1:]):
-        encoding = (member.preprocessing(member_cfg), member.class_names(member_cfg, member_net))
+        encoding = (member.preprocessing(member_cfg), member.output_names(member_cfg, member_net))
         if encoding != (pre, names):
             raise data.DataError(
                 f"{member} and {run} encode their inputs or name their outputs differently; "
@@ -1586,17 +1596,22 @@ def _prediction_columns(
     outputs: np.ndarray, names: tuple[str, ...] | None, proba: bool, task: str
 ) -> dict[str, np.ndarray]:
     """Classes by name; 0/1 per label (multilabel, where its probability exceeds 1/2), with
-    ``proba`` the probabilities too; regression values."""
-    if names is None:
-        suffixes = [""] if outputs.shape[1] == 1 else [f"_{i}" for i in range(outputs.shape[1])]
-        values = (outputs > 0.5).astype(np.int32) if task == "multilabel" else outputs
-        columns = {f"prediction{s}": values[:, i] for i, s in enumerate(suffixes)}
+    ``proba`` the probabilities too; regression values. ``names``: the classes, or one name
+    per output (a table's label columns), or None (the outputs' numbers)."""
+    if task == "classification":
+        names = names or tuple(str(i) for i in range(outputs.shape[1]))
+        columns = {"prediction": np.asarray(names)[np.argmax(outputs, axis=1)]}
         if proba:
-            columns |= {f"proba{s}": outputs[:, i] for i, s in enumerate(suffixes)}
+            columns |= {f"proba_{c}": outputs[:, i] for i, c in enumerate(names)}
         return columns
-    columns = {"prediction": np.asarray(names)[np.argmax(outputs, axis=1)]}
+    if names is not None:
+        suffixes = [f"_{n}" for n in names]
+    else:
+        suffixes = [""] if outputs.shape[1] == 1 else [f"_{i}" for i in range(outputs.shape[1])]
+    values = (outputs > 0.5).astype(np.int32) if task == "multilabel" else outputs
+    columns = {f"prediction{s}": values[:, i] for i, s in enumerate(suffixes)}
     if proba:
-        columns |= {f"proba_{c}": outputs[:, i] for i, c in enumerate(names)}
+        columns |= {f"proba{s}": outputs[:, i] for i, s in enumerate(suffixes)}
     return columns
 
 
@@ -1631,7 +1646,8 @@ def _input_chunks(
             continue
         frame = frame[list(run_pre.features)].copy()
         dummy = run_pre.class_names[0] if run_pre.class_names is not None else 0.0
-        frame[run_pre.label] = dummy  # the label, if present, plays no part
+        for label in run_pre.labels:
+            frame[label] = dummy  # the labels, if present, play no part
         x, _ = tables.encode(
             frame, run_pre, name=str(path), row=lambda i, offset=start: namer(offset + i)
         )
@@ -1648,14 +1664,20 @@ def _input_chunks(
 
 def _check_columns(path: PathLike, columns: Sequence[str], pre: tables.Preprocessing) -> None:
     missing = [c for c in pre.features if c not in columns]
-    extra = [c for c in columns if c not in pre.features and c != pre.label]
+    extra = [c for c in columns if c not in pre.features and c not in pre.labels]
     if missing or extra:
         parts = [f"lacks {', '.join(missing)}"] * bool(missing) + [
             f"has {', '.join(extra)} besides"
         ] * bool(extra)
         raise data.DataError(
             f"{path}: its columns differ from the run's: it {' and '.join(parts)} (the run's "
-            f"features: {', '.join(pre.features)}; the label {pre.label!r} may also be present)."
+            f"features: {', '.join(pre.features)}; the label "
+            + (
+                repr(pre.label)
+                if isinstance(pre.label, str)
+                else f"columns {', '.join(pre.labels)}"
+            )
+            + " may also be present)."
         )
 
 
@@ -1834,8 +1856,8 @@ def export_run(
         spec = jax.ShapeDtypeStruct((batch, len(features)), jnp.float32)
         artifact = bytes(jax.export.export(jax.jit(model))(spec).serialize())
     _storage(lambda: replace_file(out, artifact), out.parent)
-    classes = run.class_names(cfg, net)
-    outputs = list(classes) if classes else [f"output_{j}" for j in range(net.sizes[-1])]
+    names = run.output_names(cfg, net)
+    outputs = list(names) if names else [f"output_{j}" for j in range(net.sizes[-1])]
     return {"inputs": features, "outputs": outputs, "file": str(out)}
 
 

@@ -53,16 +53,22 @@ class Preprocessing:
       features: the input columns, in the order the model sees them (before one-hot).
       categorical: ``(column, categories)`` pairs: each such column becomes one 0/1 input per
         category, in the categories' (sorted) order, in place of the column.
-      label: the label (target) column.
+      label: the label (target) column, or several (multi-label 0/1 columns or regression
+        targets, one model output each).
       class_names: the class of each id ``0..K-1`` (classification), or ``None``.
       columns: every column of the training table (a test table must have the same ones).
     """
 
     features: tuple[str, ...]
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    label: str = "y"
+    label: str | tuple[str, ...] = "y"
     class_names: tuple[str, ...] | None = None
     columns: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label columns, one per model output (one for classification)."""
+        return (self.label,) if isinstance(self.label, str) else tuple(self.label)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -84,11 +90,11 @@ class Preprocessing:
     def from_json(cls, text: str) -> Preprocessing:
         """The value :meth:`to_json` wrote; raises ``ValueError``/``KeyError`` if damaged."""
         d = json.loads(text)
-        names = d["class_names"]
+        names, label = d["class_names"], d["label"]
         return cls(
             features=tuple(d["features"]),
             categorical=tuple((str(k), tuple(v)) for k, v in d["categorical"].items()),
-            label=str(d["label"]),
+            label=str(label) if isinstance(label, str) else tuple(map(str, label)),
             class_names=None if names is None else tuple(names),
             columns=tuple(d["columns"]),
         )
@@ -170,11 +176,16 @@ def _read_npz(path: str | os.PathLike[str], *, label: str, features: Sequence[st
     return frame
 
 
-def frame_from_arrays(x: Any, y: Any, *, label: str | None) -> Any:
-    """``(x, y)`` (numpy arrays or pandas objects) as one frame with a label column.
+def frame_from_arrays(
+    x: Any, y: Any, *, label: str | Sequence[str] | None
+) -> tuple[Any, list[str]]:
+    """``(x, y)`` (numpy arrays or pandas objects) as one frame with its label columns, and
+    those columns' names.
 
     A DataFrame ``x`` keeps its column names; an array's columns are named ``x0, x1, ...``.
-    The label column is ``label``, or ``y``'s name (a Series), or ``"y"``.
+    ``y`` ``(examples,)`` is one label column, named ``label``, or ``y``'s name (a Series), or
+    ``"y"``; ``y`` ``(examples, k)`` (multi-label 0/1 columns or regression targets) is ``k``
+    columns, named ``label`` (a list of ``k``), or a frame's column names, or ``y0, y1, ...``.
     """
     pd = require_pandas()
     if isinstance(x, pd.DataFrame):
@@ -185,25 +196,52 @@ def frame_from_arrays(x: Any, y: Any, *, label: str | None) -> Any:
         if x.ndim != 2:
             raise DataError(f"arrays: x must have shape (examples, features), got {x.shape}.")
         frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+    given = [label] if isinstance(label, str) else None if label is None else list(label)
     if isinstance(y, pd.DataFrame):
-        if y.shape[1] != 1:
-            raise DataError(f"arrays: y must have one column, got {list(y.columns)}.")
-        y = y.iloc[:, 0]
-    name = label or (str(y.name) if isinstance(y, pd.Series) and y.name is not None else "y")
-    values = y.to_numpy() if isinstance(y, pd.Series) else np.asarray(y)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.ndim != 1 or len(values) != len(frame):
+        names = [str(c) for c in y.columns]
+        values = y.to_numpy()
+    else:
+        names = [str(y.name)] if isinstance(y, pd.Series) and y.name is not None else None
+        values = y.to_numpy() if isinstance(y, pd.Series) else np.asarray(y)
+    no_columns = values.ndim == 2 and values.shape[1] == 0
+    if values.ndim not in (1, 2) or len(values) != len(frame) or no_columns:
         raise DataError(
             f"arrays: x has {len(frame)} rows but y has shape {values.shape}; expected "
-            f"({len(frame)},)."
+            f"({len(frame)},) or ({len(frame)}, outputs)."
         )
-    if name in frame.columns:
-        raise DataError(f"arrays: the label {name!r} is also a column of x; rename one.")
+    if values.ndim == 1:
+        values = values[:, None]
+    k = values.shape[1]
+    names = given or names or (["y"] if k == 1 else [f"y{j}" for j in range(k)])
+    if len(names) != k:
+        raise DataError(
+            f"arrays: data.label names {len(names)} column(s) ({', '.join(names)}) but y has "
+            f"{k}; name one per column of y."
+        )
+    both = [n for n in names if n in frame.columns]
+    if both:
+        raise DataError(f"arrays: the label {both[0]!r} is also a column of x; rename one.")
     if len(frame) == 0:
         raise DataError("arrays: x has no rows.")
-    frame[name] = values
-    return frame
+    for j, n in enumerate(names):
+        frame[n] = values[:, j]
+    return frame, names
+
+
+def check_targets(y: np.ndarray, pre: Preprocessing, task: str, *, name: str, row: Any) -> None:
+    """Multi-label targets must be 0/1 (or probabilities): DataError naming the first value
+    outside [0, 1] by column and row."""
+    if task != "multilabel":
+        return
+    bad = (y < 0) | (y > 1)
+    if bad.any():
+        i = int(np.argmax(bad.any(axis=1)))
+        j = int(np.argmax(bad[i]))
+        raise DataError(
+            f"{name}: label column {pre.labels[j]!r}, {row(i)}: {y[i, j]:g} is not a 0/1 "
+            "label (nor a probability in [0, 1]); multi-label targets (model.loss: "
+            "binary_cross_entropy) are one 0/1 column per label."
+        )
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -220,7 +258,7 @@ def fit_preprocessing(
     frame: Any,
     *,
     name: str,
-    label: str,
+    label: str | Sequence[str],
     features: Sequence[str] | None,
     categorical: Sequence[str],
     task: str,
@@ -231,23 +269,35 @@ def fit_preprocessing(
     Args:
       frame: the training table.
       name: the file (or ``arrays``) for error messages; ``row(i)`` names row ``i``.
-      label, features, categorical, task: as in the config's ``data`` section; the task
-        follows from the model's head.
+      label, features, categorical, task: as in the config's ``data`` section (``label``: a
+        column, or a list of them); the task follows from the model's head.
 
     Raises:
-      DataError: a missing label, feature or categorical column; a single class.
+      DataError: a missing label, feature or categorical column; a single class; several
+        label columns for a classification head.
     """
     columns = [str(c) for c in frame.columns]
-    _require(frame, name, [label], "label column (data.label)")
+    labels = [label] if isinstance(label, str) else list(label)
+    if not labels or len(set(labels)) != len(labels):
+        raise DataError(f"{name}: data.label must name distinct columns, got {labels}.")
+    if task == "classification" and len(labels) > 1:
+        raise DataError(
+            f"{name}: data.label names {len(labels)} columns ({', '.join(labels)}), but a "
+            "softmax head (classification) takes one label column. For several 0/1 labels "
+            "per row use model.loss: binary_cross_entropy; for several targets a regression "
+            "loss (model.output: identity)."
+        )
+    _require(frame, name, labels, "label column (data.label)")
     if features is None:
-        features = [c for c in columns if c != label]
+        features = [c for c in columns if c not in labels]
     else:
         features = list(features)
         _require(frame, name, features, "feature column (data.features)")
-        if label in features:
-            raise DataError(f"{name}: column {label!r} is both the label and a feature.")
+        both = [c for c in labels if c in features]
+        if both:
+            raise DataError(f"{name}: column {both[0]!r} is both a label and a feature.")
     if not features:
-        raise DataError(f"{name}: no feature columns besides the label {label!r}.")
+        raise DataError(f"{name}: no feature columns besides the label {', '.join(labels)}.")
     outside = [c for c in categorical if c not in features]
     if outside:
         raise DataError(
@@ -257,20 +307,21 @@ def fit_preprocessing(
     cats = tuple((c, tuple(_categories(frame[c], name, c, row)[1])) for c in categorical)
     class_names = None
     if task == "classification":
-        class_names = _class_names(frame[label], name, label, row)
+        class_names = _class_names(frame[labels[0]], name, labels[0], row)
         if len(class_names) < 2:
             raise DataError(
-                f"{name}: the label column {label!r} holds a single class "
+                f"{name}: the label column {labels[0]!r} holds a single class "
                 f"({class_names[0]!r}); classification needs at least two."
             )
-    return Preprocessing(tuple(features), cats, label, class_names, tuple(columns))
+    kept = labels[0] if len(labels) == 1 else tuple(labels)
+    return Preprocessing(tuple(features), cats, kept, class_names, tuple(columns))
 
 
 def encode(
     frame: Any, pre: Preprocessing, *, name: str, row: Any, training: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """A table as ``(x, y)``: float32 ``(examples, len(pre.input_names))`` inputs and int32
-    class ids ``(examples,)`` or float32 targets ``(examples, 1)``.
+    class ids ``(examples,)`` or float32 targets ``(examples, len(pre.labels))``.
 
     ``training=False`` (a test table) first checks that its columns are the training ones.
 
@@ -304,12 +355,13 @@ def encode(
         else:
             x[:, at] = _numeric(frame[column], name, column, row)
             at += 1
-    series = frame[pre.label]
     if pre.class_names is None:
         hint = "use a classification head (model.output: softmax) for classes"
-        y = _numeric(series, name, pre.label, row, hint)[:, None].astype(np.float32)
+        y = np.empty((len(frame), len(pre.labels)), np.float32)
+        for j, column in enumerate(pre.labels):
+            y[:, j] = _numeric(frame[column], name, column, row, hint)
     else:
-        distinct = _label_strings(series, name, pre.label, row)
+        distinct = _label_strings(frame[pre.label], name, pre.label, row)
         where = f"{name}: label column {pre.label!r}"
         y = _codes(*distinct, pre.class_names, where, "class", "classes", row).astype(np.int32)
     return x, y

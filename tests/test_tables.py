@@ -432,6 +432,103 @@ def test_resume_of_an_arrays_run_needs_the_arrays(tmp_path):
     assert history["summary"]["epochs"] == 2
 
 
+def labelled_frame(n: int = 240) -> pd.DataFrame:
+    """Four features, a category and three 0/1 labels each a rule of them, and two targets."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4))
+    frame = pd.DataFrame(x, columns=["a", "b", "c", "d"])
+    frame["colour"] = rng.choice(["red", "blue"], n)
+    frame["sunny"] = (x[:, 0] + x[:, 1] > 0).astype(int)
+    frame["windy"] = (x[:, 2] > 0.3).astype(int)
+    frame["cold"] = ((x[:, 3] < 0) & (frame.colour == "red")).astype(int)
+    frame["t1"], frame["t2"] = 2 * x[:, 0] + x[:, 1], x[:, 2] - x[:, 3]
+    return frame
+
+
+MULTILABEL = {"model": {"hidden": [16], "loss": "binary_cross_entropy", "output": "sigmoid"}}
+
+
+def test_several_label_columns_train_a_multilabel_net_and_name_its_outputs(tmp_path):
+    frame = labelled_frame()
+    frame.iloc[:200].to_csv(tmp_path / "train.csv", index=False)
+    new = frame.iloc[200:].drop(columns=["sunny", "windy", "cold", "t1", "t2"])
+    new.to_csv(tmp_path / "new.csv", index=False)
+    labels = ["sunny", "windy", "cold"]
+    features = ["a", "b", "c", "d", "colour"]
+    cfg = table_config(
+        tmp_path / "train.csv", label=labels, features=features, categorical=["colour"]
+    )
+    cfg |= MULTILABEL | {"train": {"epochs": 40, "batch_size": 16}}
+    _, history = fmlp.fit(cfg, out=tmp_path / "run")
+    assert history["summary"]["test_accuracy"] > 0.85  # per-label accuracy; chance ~0.5-0.75
+    run = RunDir(tmp_path / "run")
+    pre = run.preprocessing(run.read_config())
+    assert pre.labels == tuple(labels) and pre.class_names is None
+    report = fmlp.run.evaluate_run(tmp_path / "run", split="test")
+    assert report["label_names"] == labels and len(report["label_f1"]) == 3
+    out = tmp_path / "pred.csv"
+    fmlp.run.predict_file(tmp_path / "run", tmp_path / "new.csv", out=out, proba=True)
+    predicted = pd.read_csv(out)
+    assert list(predicted.columns) == [f"prediction_{c}" for c in labels] + [
+        f"proba_{c}" for c in labels
+    ]
+    proba = predicted[[f"proba_{c}" for c in labels]].to_numpy()
+    np.testing.assert_array_equal(predicted[[f"prediction_{c}" for c in labels]], proba > 0.5)
+    truth = frame.iloc[200:][labels].to_numpy()
+    assert ((proba > 0.5) == truth).mean() > 0.85  # the run's encoding was applied
+
+
+def test_several_target_columns_train_a_multi_output_regression(tmp_path):
+    frame = labelled_frame()
+    frame[["a", "b", "c", "d", "t1", "t2"]].to_csv(tmp_path / "train.csv", index=False)
+    cfg = table_config(tmp_path / "train.csv", label=["t1", "t2"])
+    cfg["model"] |= {"output": "identity", "hidden": [16]}
+    cfg["train"] = {"epochs": 30, "batch_size": 16}
+    _, history = fmlp.fit(cfg, out=tmp_path / "run")
+    assert history["summary"]["test_mse"] < 0.5  # the targets' variance is about 5 and 2
+    pre = RunDir(tmp_path / "run").preprocessing(RunDir(tmp_path / "run").read_config())
+    assert pre.features == ("a", "b", "c", "d") and pre.labels == ("t1", "t2")
+
+
+def test_fit_takes_a_2d_y_of_labels(tmp_path):
+    frame = labelled_frame()
+    x, y = frame[["a", "b", "c", "d"]].to_numpy(np.float32), frame[["sunny", "windy"]]
+    fmlp.fit(MULTILABEL | FAST, train=(x, y), out=tmp_path / "frame")
+    saved = RunDir(tmp_path / "frame")
+    assert saved.preprocessing(saved.read_config()).labels == ("sunny", "windy")
+    fmlp.fit(MULTILABEL | FAST, train=(x, y.to_numpy(np.float32)), out=tmp_path / "array")
+    saved = RunDir(tmp_path / "array")
+    assert saved.preprocessing(saved.read_config()).labels == ("y0", "y1")
+    with pytest.raises(DataError, match=r"data\.label names 1 column\(s\) \(s\) but y has 2"):
+        fmlp.fit(MULTILABEL | FAST, train=(x, y), overrides=["data.label=s"], out=tmp_path / "n")
+    assert not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize(
+    "keys, error, match",
+    [
+        ({"label": ["sunny", "t1"]} | MULTILABEL, DataError,
+         r"label column 't1', line \d+: -?[\d.]+ is not a 0/1 label"),
+        ({"label": ["sunny", "windy"]}, ConfigError,
+         r"data\.label: 2 label columns need one output each: model\.loss=binary_cross_entropy"),
+        ({"label": ["sunny", "sunny"]} | MULTILABEL, ConfigError,
+         r"data\.label: expected distinct column names"),
+        ({"label": ["sunny", "gone"]} | MULTILABEL, DataError, r"'gone'"),
+        ({"label": ["sunny", "windy"], "features": ["a", "windy"]} | MULTILABEL, DataError,
+         r"column 'windy' is both a label and a feature"),
+    ],
+)  # fmt: skip
+def test_bad_label_lists_name_the_key_column_and_row(tmp_path, keys, error, match):
+    labelled_frame().to_csv(tmp_path / "t.csv", index=False)
+    keys = {"features": ["a", "b", "c", "d"]} | keys
+    model = keys.pop("model", {})
+    cfg = table_config(tmp_path / "t.csv", categorical=[], **keys)
+    cfg["model"] |= model
+    with pytest.raises(error, match=match):
+        fmlp.fit(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_bad_csv_exits_2_with_one_line(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", [*ROWS[:3], "a,x,abc,10", *ROWS[4:]])
     result = subprocess.run(
