@@ -5,9 +5,10 @@ follow its conventions (``fit``/``predict``/``score``/``partial_fit``,
 ``get_params``/``set_params``, ``clone``, pipelines, grid search; parameters declared in
 ``_parameter_constraints`` and checked by scikit-learn's own validation), but the model is
 fmlp's: one :class:`fmlp.nn.MLP` per fit, whose head (:data:`fmlp.nn.HEADS`:
-``cross_entropy`` for the classifier, ``squared_error`` or, for ``loss="poisson"``,
-``poisson`` for the regressor) gives the loss as a gate
-(:func:`fmlp.gates.softmax_cross_entropy`, :func:`fmlp.gates.squared_error`,
+``cross_entropy`` for the classifier, ``binary_cross_entropy`` for its multi-label targets,
+``squared_error`` or, for ``loss="poisson"``, ``poisson`` for the regressor) gives the loss as a
+gate (:func:`fmlp.gates.softmax_cross_entropy`,
+:func:`fmlp.gates.sigmoid_binary_cross_entropy`, :func:`fmlp.gates.squared_error`,
 :func:`fmlp.gates.exp_poisson_deviance`); the gradients come from fmlp's engine
 (:func:`fmlp.value_and_grad`) and the optimizers are optax's and scipy's.
 
@@ -49,7 +50,8 @@ The loss of a mini-batch ``B`` with sample weights ``w`` is scikit-learn's::
 
     L = (sum_{i in B} w_i l_i  +  alpha / 2 * sum_layers ||W||^2) / sum_{i in B} w_i
 
-with ``l_i`` the cross-entropy of example ``i`` (classifier), ``1/2 sum_j (o_ij - t_ij)^2``
+with ``l_i`` the cross-entropy of example ``i`` (classifier; for multi-label targets the
+binary cross-entropy summed over the labels), ``1/2 sum_j (o_ij - t_ij)^2``
 (squared error) or half the Poisson deviance ``sum_j t_ij log(t_ij / o_ij) - t_ij + o_ij`` of
 the rates ``o = exp(s)`` (poisson). Biases are not penalised (:func:`fmlp.train.decay_mask`,
 the trainer's weight decay rule too). A batch whose weights sum to 0 is
@@ -57,17 +59,21 @@ skipped. As scikit-learn does, the squared error is reported (``loss_curve_``, `
 stopping rule, lbfgs's objective value) averaged over the outputs instead of summed, while its
 gradient stays that of the sum. An epoch's loss is the weight-averaged batch loss, so rows of
 weight 0 change neither the gradients nor the curve, and the stopping rule is scikit-learn's
-(``tol``, ``n_iter_no_change``, ``early_stopping`` on a stratified ``validation_fraction``). A
+(``tol``, ``n_iter_no_change``, ``early_stopping`` on a ``validation_fraction`` stratified by
+class, but not for multi-label targets). A
 diverging fit goes on as scikit-learn's does (a non-finite loss or validation score is
 recorded) and raises a ``ValueError`` at the end if the parameters it keeps are not finite.
 
-Differences from scikit-learn: the classifier always uses a softmax output with one unit per
-class (also for two classes, where scikit-learn uses one logistic unit) and does not support
-multi-label targets; adam is optax's (``epsilon`` added to the bias-corrected
-``sqrt(v)``); with ``verbose``, lbfgs prints its iterations itself (scikit-learn leaves that
-to scipy, whose L-BFGS-B no longer prints); ``partial_fit`` checks the parameters on every
-call (scikit-learn only on the first). The initialisation is scikit-learn's (uniform weights and
-biases drawn from ``random_state``).
+Differences from scikit-learn: the classifier uses a softmax output with one unit per class
+also for two classes, where scikit-learn uses one logistic unit (multi-label targets get one
+logistic unit per label in both); a multi-label ``y`` must hold only 0s and 1s (scikit-learn
+takes any two integers and reads non-zero as 1), and a sparse one is densified (predictions
+are dense); the first ``partial_fit`` of multi-label targets needs ``classes`` equal to the
+label indices ``np.arange(n_labels)`` (scikit-learn only checks that they include them); adam
+is optax's (``epsilon`` added to the bias-corrected ``sqrt(v)``); with ``verbose``, lbfgs
+prints its iterations itself (scikit-learn leaves that to scipy, whose L-BFGS-B no longer
+prints); ``partial_fit`` checks the parameters on every call (scikit-learn only on the first).
+The initialisation is scikit-learn's (uniform weights and biases drawn from ``random_state``).
 
 Example:
   >>> import numpy as np
@@ -110,6 +116,7 @@ from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
     check_random_state,
+    column_or_1d,
     validate_data,
 )
 
@@ -194,7 +201,8 @@ def _loss(
       net: the model; its head's per-example loss is ``l`` (:meth:`fmlp.nn.MLP.per_example_loss`).
       params: fmlp MLP parameters.
       x: inputs ``(B, in)``.
-      y: integer class ids ``(B,)`` (classifier) or targets ``(B, out)`` (regressor).
+      y: integer class ids ``(B,)`` (classifier), 0/1 per label ``(B, out)`` (multi-label) or
+        targets ``(B, out)`` (regressor).
       w: per-example weights ``(B,)``: sample weight times the padding mask.
       inv_total: ``1 / sum(w)`` over the batch (or the whole set, when it comes in chunks).
       penalty_scale: ``alpha / 2 * inv_total`` (0 for the chunks after the first).
@@ -393,6 +401,12 @@ def _pad_rows(a: Any, rows: int) -> Any:
         zeros = sp.csr_array((rows - a.shape[0], a.shape[1]), dtype=a.dtype)
         return sp.vstack([a, zeros], format="csr")
     return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
+
+
+def _label_indicator(proba: np.ndarray) -> np.ndarray:
+    """Multi-label decisions from per-label probabilities ``(n, K)``: 1 where above 1/2, else
+    0, as integers (scikit-learn's predictions)."""
+    return (proba > 0.5).astype(int)
 
 
 def _all_finite(params: nn.Params) -> bool:
@@ -636,13 +650,6 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True.")
         fitted = hasattr(self, "params_")
         first = not fitted or (not incremental and not self.warm_start)
-        is_regressor = nn.HEADS[self._head()].task == "regression"
-        y_shape = getattr(y, "shape", ())
-        if not is_regressor and len(y_shape) == 2 and y_shape[1] > 1:
-            raise ValueError(
-                f"{type(self).__name__} takes one label per sample (binary or multiclass), got "
-                f"y of shape {y_shape}: multi-label and multi-output targets are not supported."
-            )
         X, y = validate_data(
             self,
             X,
@@ -650,8 +657,8 @@ class _BaseMLP(BaseEstimator):
             reset=first,
             accept_sparse=("csr", "csc"),
             dtype=(np.float64, np.float32),
-            multi_output=is_regressor,
-            y_numeric=is_regressor,
+            multi_output=True,  # the classifier's multi-label y; it checks its targets itself
+            y_numeric=sklearn.base.is_regressor(self),
         )
         dtype = X.dtype if first else self.params_[0]["W"].dtype
         X = X.tocsr().astype(dtype) if sp.issparse(X) else X.astype(dtype, copy=False)
@@ -703,7 +710,8 @@ class _BaseMLP(BaseEstimator):
             self.t_ = 0
             self.n_layers_ = len(sizes)
             self.n_outputs_ = n_outputs
-            self.out_activation_ = net.output
+            theirs = {ours: name for name, ours in ACTIVATIONS.items()}  # sigmoid: "logistic"
+            self.out_activation_ = theirs.get(net.output, net.output)
         weights = np.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
         if self.solver == "lbfgs":
             self._optimizer = None  # a later partial_fit starts a fresh stochastic solver
@@ -1017,36 +1025,42 @@ class _BaseMLP(BaseEstimator):
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multi-layer perceptron classifier: softmax cross-entropy, trained by fmlp's engine.
+    """Multi-layer perceptron classifier, trained by fmlp's engine: softmax cross-entropy over
+    the classes, or for multi-label targets a sigmoid and binary cross-entropy per label.
 
     Parameters follow :class:`sklearn.neural_network.MLPClassifier` (see the module
-    docstring for the differences). Labels of any type are mapped to ``0..K-1``; the net has
-    one softmax output per class.
+    docstring for the differences). Labels ``y`` (n_samples,) of any type are mapped to
+    ``0..K-1``; the net has one softmax output per class. A 0/1 indicator matrix ``y``
+    (n_samples, K) is multi-label: one sigmoid output per label (head
+    ``binary_cross_entropy``), ``predict`` returns such a matrix (1 where a label's
+    probability exceeds 1/2) and ``score`` is the subset accuracy (rows with every label right).
 
     Attributes:
-      classes_: the class labels ``(K,)``, sorted.
+      classes_: the class labels ``(K,)``, sorted; ``np.arange(K)`` for multi-label.
       params_: the fmlp parameter pytree (one ``{"W": (in, out), "b": (out,)}`` per layer), as
         host arrays in the dtype of the training ``X``.
       loss_: the last epoch's loss (lbfgs: the final objective value).
       loss_curve_: training loss per epoch; ``best_loss_`` its minimum (None with
         early stopping). Not set by lbfgs.
-      validation_scores_, best_validation_score_: validation accuracy per epoch and its best,
-        with ``early_stopping=True`` (else None).
+      validation_scores_, best_validation_score_: validation accuracy (subset accuracy for
+        multi-label) per epoch and its best, with ``early_stopping=True`` (else None).
       n_iter_: epochs run by the last ``fit`` (counting all ``partial_fit`` calls since), or
         lbfgs's iterations.
-      t_: training examples seen. n_layers_, n_outputs_ (= K), out_activation_ ("softmax").
+      t_: training examples seen. n_layers_, n_outputs_ (= K), out_activation_ ("softmax", or
+        "logistic" for multi-label).
       n_features_in_, feature_names_in_: as every scikit-learn estimator.
     """
 
     def _head(self) -> str:
-        return "cross_entropy"
+        return "binary_cross_entropy" if self._multilabel else "cross_entropy"
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
-        """Train on ``X`` (n_samples, n_features), dense or sparse, and labels ``y`` (n_samples,).
+        """Train on ``X`` (n_samples, n_features), dense or sparse, and labels ``y``.
 
         Args:
           X: features; the parameters take its dtype (float32, else float64).
-          y: one label per sample (binary or multiclass; not multi-label).
+          y: one label per sample ``(n_samples,)`` (binary or multiclass), or a 0/1
+            indicator matrix ``(n_samples, n_labels)`` (multi-label; sparse is densified).
           sample_weight: optional non-negative weights ``(n_samples,)``.
 
         Returns:
@@ -1064,8 +1078,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Args:
           X: features (n_samples, n_features).
-          y: labels (n_samples,), each one of ``classes``.
-          classes: every class that will ever appear; required on the first call.
+          y: labels (n_samples,), each one of ``classes``, or a 0/1 indicator matrix
+            (n_samples, n_labels).
+          classes: every class that will ever appear (for multi-label ``y``, the label
+            indices ``np.arange(n_labels)``); required on the first call.
           sample_weight: optional non-negative weights ``(n_samples,)``.
 
         Returns:
@@ -1074,9 +1090,22 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def _encode_targets(
-        self, y: np.ndarray, *, first: bool, incremental: bool, classes: Any, dtype: np.dtype
+        self, y: Any, *, first: bool, incremental: bool, classes: Any, dtype: np.dtype
     ) -> np.ndarray:
+        """Class indices ``(n,)`` (int32), or for multi-label the indicator ``(n, K)`` in
+        ``dtype``; sets ``classes_`` (and whether the model is multi-label) on a first call."""
+        y = y.toarray() if sp.issparse(y) else y
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)  # one column is one label per sample
         check_classification_targets(y)
+        multilabel = y.ndim == 2
+        if multilabel and not np.isin(y, (0, 1)).all():
+            raise ValueError(
+                f"{type(self).__name__} takes one label per sample, y of shape (n_samples,), "
+                f"or a multi-label indicator matrix of 0s and 1s (n_samples, n_labels); got y "
+                f"of shape {y.shape} with values other than 0 and 1. Multi-output multiclass "
+                "targets are not supported."
+            )
         if classes is not None:
             classes = unique_labels(classes)
             if not first and not np.array_equal(self.classes_, classes):
@@ -1090,12 +1119,32 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     "classes must be passed on the first call to partial_fit: every label "
                     "that will ever appear, e.g. classes=np.unique(y_all)."
                 )
-            self.classes_ = unique_labels(y) if classes is None else classes
+            labels = np.arange(y.shape[1]) if multilabel else unique_labels(y)
+            if multilabel and classes is not None and not np.array_equal(classes, labels):
+                raise ValueError(
+                    f"classes={classes.tolist()}: for a multi-label y of {y.shape[1]} labels, "
+                    f"classes must be the label indices np.arange({y.shape[1]})."
+                )
+            self._multilabel = multilabel
+            self.classes_ = labels if classes is None else classes
+        elif multilabel != self._multilabel:
+            given, fitted = "a multi-label indicator matrix", "one label per sample"
+            raise ValueError(
+                f"y is {given if multilabel else fitted}, but the model was fitted on "
+                f"{fitted if multilabel else given}; refit from scratch instead."
+            )
         elif not incremental and set(unique_labels(y)) != set(self.classes_):
             raise ValueError(  # scikit-learn's message
                 "warm_start can only be used where `y` has the same classes as in the previous "
                 f"call to fit. Previously got {self.classes_}, `y` has {unique_labels(y)}"
             )
+        if multilabel:
+            if y.shape[1] != len(self.classes_):
+                raise ValueError(
+                    f"y has {y.shape[1]} labels (columns), but the model was fitted on "
+                    f"{len(self.classes_)}."
+                )
+            return np.asarray(y, dtype)
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:
             raise ValueError(
@@ -1104,20 +1153,27 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
         return np.searchsorted(self.classes_, y).astype(np.int32)
 
-    def _stratify(self, targets: np.ndarray) -> np.ndarray:
+    def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
+        if self._multilabel:
+            return None  # as scikit-learn, a multi-label split is not stratified
         # scikit-learn's binarised labels: one boolean column for two classes, else one-hot.
         one_hot = np.eye(len(self.classes_), dtype=bool)[targets]
         return one_hot[:, 1:] if len(self.classes_) == 2 else one_hot
 
     def _validation_score(self, net, params, X, y, sample_weight) -> float:
-        logits = _forward(net, params, X, logits=True)
-        codes = np.argmax(logits, axis=1)
-        return float(accuracy_score(y, codes, sample_weight=sample_weight))
+        if self._multilabel:
+            predicted = _label_indicator(_forward(net, params, X))
+        else:
+            predicted = np.argmax(_forward(net, params, X, logits=True), axis=1)
+        return float(accuracy_score(y, predicted, sample_weight=sample_weight))
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n_samples, K)``, columns in the order of ``classes_``."""
+        """Class probabilities ``(n_samples, K)``, columns in the order of ``classes_``; for
+        multi-label, each label's own probability (the rows need not sum to 1)."""
         proba, dtype = self._outputs(X)
         proba = proba.astype(dtype)
+        if self._multilabel:
+            return proba
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
@@ -1126,13 +1182,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.log(self.predict_proba(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each row ``(n_samples,)``, as labels from ``classes_``."""
+        """The most probable class of each row ``(n_samples,)``, as labels from ``classes_``;
+        for multi-label, the 0/1 indicator ``(n_samples, K)`` of :func:`_label_indicator`."""
+        check_is_fitted(self)
+        if self._multilabel:
+            return _label_indicator(self.predict_proba(X))
         logits, _ = self._outputs(X, logits=True)
         return self.classes_[np.argmax(logits, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_label = False
+        tags.classifier_tags.multi_label = True
         tags.target_tags.multi_output = False
         return tags
 

@@ -14,9 +14,12 @@ import warnings
 import jax
 import numpy as np
 import pytest
+import scipy.sparse as sp
+import scipy.special
 from sklearn.base import clone
-from sklearn.datasets import load_digits, load_iris
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.datasets import load_digits, load_iris, make_multilabel_classification
+from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
+from sklearn.metrics import hamming_loss
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -48,7 +51,7 @@ def test_sklearn_compatible_estimator(estimator, check):
 def test_tags():
     clf_tags, reg_tags = MLPClassifier().__sklearn_tags__(), MLPRegressor().__sklearn_tags__()
     assert clf_tags.estimator_type == "classifier" and reg_tags.estimator_type == "regressor"
-    assert not clf_tags.classifier_tags.multi_label
+    assert clf_tags.classifier_tags.multi_label
     assert not clf_tags.target_tags.multi_output
     assert reg_tags.target_tags.multi_output and reg_tags.target_tags.single_output
     assert clf_tags.input_tags.sparse and reg_tags.input_tags.sparse
@@ -167,13 +170,154 @@ def test_string_labels_round_trip():
     assert clf.score(X[y_int < 2], labels) == 1.0
 
 
-def test_multilabel_targets_are_rejected():
+def test_bad_classification_targets_are_named():
     X = np.random.default_rng(0).normal(size=(20, 3))
     Y = np.eye(2, dtype=int)[np.arange(20) % 2]
-    with pytest.raises(ValueError, match=r"one label per sample .* got y of shape \(20, 2\)"):
-        MLPClassifier(**SMALL).fit(X, Y)
+    for bad in (Y * [1, 2], 2 * Y):  # multiclass-multioutput; 0s and 2s
+        with pytest.raises(ValueError, match=r"indicator matrix of 0s and 1s .* got y of shape"):
+            MLPClassifier(**SMALL).fit(X, bad)
+    with pytest.raises(ValueError, match="Unknown label type: continuous-multioutput"):
+        MLPClassifier(**SMALL).fit(X, Y * 0.5)
     with pytest.raises(ValueError, match="Unknown label type"):
         MLPClassifier(**SMALL).fit(X, np.linspace(0, 1, 20))
+    with pytest.warns(DataConversionWarning):  # one column is one label per sample
+        clf = MLPClassifier(**SMALL, random_state=0, tol=1.0).fit(X, Y[:, :1])
+    assert clf.predict(X).shape == (20,) and clf.out_activation_ == "softmax"
+
+
+# ----------------------------------------------------------------------------- multi-label
+
+
+@pytest.fixture(scope="module")
+def multilabel():
+    X, Y = make_multilabel_classification(
+        n_samples=400, n_features=20, n_classes=3, n_labels=1, random_state=0
+    )
+    X = StandardScaler().fit_transform(X)
+    return train_test_split(X, Y, random_state=0)
+
+
+MULTILABEL = {
+    "hidden_layer_sizes": (16,),
+    "alpha": 1.0,
+    "learning_rate_init": 0.01,
+    "max_iter": 300,
+    "tol": 1e-3,
+    "random_state": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def multilabel_model(multilabel):
+    X_train, _, Y_train, _ = multilabel
+    return MLPClassifier(**MULTILABEL).fit(X_train, Y_train)
+
+
+def test_multilabel_fit_learns(multilabel, multilabel_model):
+    X_train, X_test, Y_train, Y_test = multilabel
+    clf = multilabel_model
+    # Subset accuracy (a row counts when all 3 labels are right). On this test set, predicting
+    # each label's majority gets 0.27, one logistic regression per label 0.71.
+    assert clf.score(X_train, Y_train) >= 0.9
+    assert clf.score(X_test, Y_test) >= 0.65
+    assert clf.n_iter_ < clf.max_iter
+    assert clf.classes_.tolist() == [0, 1, 2]
+    assert (clf.n_outputs_, clf.out_activation_) == (3, "logistic")
+    pred = clf.predict(X_test)
+    assert pred.shape == Y_test.shape and pred.dtype == Y_test.dtype
+    assert set(np.unique(pred)) <= {0, 1}
+
+
+def test_multilabel_predict_proba_gives_each_labels_probability(multilabel, multilabel_model):
+    _, X_test, _, Y_test = multilabel
+    clf = multilabel_model
+    proba = clf.predict_proba(X_test)
+    assert proba.shape == Y_test.shape and proba.dtype == np.float64
+    assert np.all((proba >= 0) & (proba <= 1))
+    assert not np.allclose(proba.sum(axis=1), 1.0)  # a sigmoid per label, not a softmax
+    np.testing.assert_array_equal(clf.predict(X_test), proba > 0.5)
+    np.testing.assert_allclose(clf.predict_log_proba(X_test), np.log(proba), rtol=1e-12)
+
+
+def test_multilabel_probabilities_are_the_nets(multilabel, multilabel_model):
+    _, X_test, _, _ = multilabel
+    clf = multilabel_model
+    params = jax.tree.map(jax.numpy.asarray, clf.params_)
+    x = jax.numpy.asarray(X_test)
+    net = nn.mlp([20, 16, 3], activation="relu", loss="binary_cross_entropy")
+    proba = clf.predict_proba(X_test)
+    np.testing.assert_allclose(proba, net.apply(params, x), rtol=1e-10, atol=1e-14)
+    (W1, b1), (W2, b2) = ((layer["W"], layer["b"][None, :]) for layer in params)
+    oracle = jax.nn.sigmoid(jax.nn.relu(x @ W1 + b1) @ W2 + b2)  # plain JAX
+    np.testing.assert_allclose(proba, oracle, rtol=1e-10, atol=1e-14)
+
+
+def test_multilabel_loss_is_the_summed_binary_cross_entropy(multilabel):
+    X, _, Y, _ = multilabel
+    alpha = 0.1
+    clf = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", alpha=alpha, max_iter=30)
+    with pytest.warns(ConvergenceWarning):
+        clf.set_params(random_state=0).fit(X, Y)
+    p = clf.predict_proba(X)
+    log_likelihood = scipy.special.xlogy(Y, p) + scipy.special.xlogy(1 - Y, 1 - p)
+    penalty = alpha / 2 * sum(np.sum(W**2) for W in clf.coefs_) / len(X)
+    # scikit-learn's: the mean over the rows of the sum over the labels, plus the L2 penalty.
+    assert clf.loss_ == pytest.approx(-log_likelihood.mean(axis=0).sum() + penalty, rel=1e-9)
+
+
+def test_multilabel_targets_in_any_form_fit_the_same(multilabel):
+    X, _, Y, _ = multilabel
+    X = X.astype(np.float32)
+    clf = MLPClassifier(**{**MULTILABEL, "max_iter": 20, "tol": 1e9})
+    pred = clf.fit(X, Y).predict(X)
+    assert clf.params_[0]["W"].dtype == clf.predict_proba(X).dtype == np.float32
+    for form in (Y.astype(bool), Y.astype(np.float64), Y.tolist(), sp.csr_array(Y)):
+        np.testing.assert_array_equal(clone(clf).fit(X, form).predict(X), pred)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_multilabel_partial_fit_and_warm_start(multilabel):
+    X, _, Y, _ = multilabel
+    clf = MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, Y)
+    with pytest.raises(ValueError, match=r"classes must be the label indices np.arange\(3\)"):
+        clf.partial_fit(X, Y, classes=[0, 1])
+    clf.partial_fit(X, Y, classes=[0, 1, 2]).partial_fit(X, Y)
+    assert (clf.n_iter_, clf.t_, clf.classes_.tolist()) == (2, 2 * len(X), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"y has 2 labels \(columns\), but the model .* on 3"):
+        clf.partial_fit(X, Y[:, :2])
+    with pytest.raises(ValueError, match="y is one label per sample, but the model was fitted"):
+        clf.partial_fit(X, Y[:, 0])  # labels among classes_, but not what the net predicts
+
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, warm_start=True, random_state=0)
+    curve = list(clf.fit(X, Y).loss_curve_)
+    assert clf.fit(X, Y).loss_curve_[:3] == curve and len(clf.loss_curve_) == 6
+    with pytest.raises(ValueError, match=r"warm_start can only .* `y` has \[0 1\]"):
+        clf.fit(X, Y[:, :2])
+    with pytest.raises(ValueError, match="y is one label per sample, but the model was fitted"):
+        clf.fit(X, Y[:, 0])
+    with pytest.raises(ValueError, match="y is a multi-label indicator matrix, but the model"):
+        clone(clf).fit(X, Y[:, 0]).fit(X, Y)
+    clf.set_params(warm_start=False).fit(X, Y)  # a fresh fit may change the kind of target
+    assert clf.out_activation_ == "logistic"
+
+
+def test_multilabel_early_stopping_scores_subset_accuracy(monkeypatch, multilabel):
+    X, _, Y, _ = multilabel
+    splits = []
+
+    def recording_split(*arrays, **kwargs):
+        splits.append((kwargs["stratify"], parts := train_test_split(*arrays, **kwargs)))
+        return parts
+
+    monkeypatch.setattr(fmlp.sklearn, "train_test_split", recording_split)
+    clf = MLPClassifier(**MULTILABEL, early_stopping=True).fit(X, Y)
+    ((stratify, (_, X_val, _, Y_val)),) = splits
+    assert stratify is None  # as scikit-learn: a multi-label split is not stratified
+    best = clf.best_validation_score_
+    assert best == max(clf.validation_scores_) == clf.score(X_val, Y_val) > 0.5
+    assert best != 1 - hamming_loss(Y_val, clf.predict(X_val))  # all labels of a row, not each
 
 
 def test_feature_names_are_kept():

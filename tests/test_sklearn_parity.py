@@ -2,7 +2,8 @@
 
 scikit-learn's estimators are the oracle: with the same ``random_state`` both draw the same
 initial weights, and with ``shuffle=False`` both train on the same batches, so sgd (every
-learning-rate schedule), the reported losses and lbfgs must agree to float64 round-off. The
+learning-rate schedule, multi-label's sigmoid head), the reported losses and lbfgs must agree
+to float64 round-off. The
 rest: dtypes and the scoped x64 mode, pickling, sparse input one batch (or block) at a time,
 divergence, and the stopping rule's corners.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn import neural_network
-from sklearn.datasets import load_iris, make_regression
+from sklearn.datasets import load_iris, make_multilabel_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
@@ -31,6 +32,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 def iris():
     X, y = load_iris(return_X_y=True)
     return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="module")
+def multilabel():
+    X, Y = make_multilabel_classification(n_samples=90, n_features=6, n_classes=3, random_state=0)
+    return StandardScaler().fit_transform(X), Y
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +117,29 @@ def test_poisson_loss_is_scikit_learns():
         MLPRegressor(loss="poisson").fit(X, -y)
 
 
-@pytest.mark.parametrize("problem", ["classification", "multi-output regression"])
-def test_lbfgs_is_scikit_learns(iris, regression, problem):
+def test_multilabel_sgd_is_scikit_learns(multilabel):
+    X, Y = multilabel
+    params = {
+        "hidden_layer_sizes": (8,), "activation": "logistic", "solver": "sgd",
+        "learning_rate_init": 0.1, "batch_size": 30, "shuffle": False, "random_state": 0,
+        "max_iter": 40,
+    }  # fmt: skip
+    theirs = neural_network.MLPClassifier(**params).fit(X, Y)
+    ours = MLPClassifier(**params).fit(X, Y)
+    _assert_same_fit(theirs, ours)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-10)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_array_equal(ours.classes_, theirs.classes_)
+    assert ours.out_activation_ == theirs.out_activation_ == "logistic"
+
+
+@pytest.mark.parametrize("problem", ["classification", "multi-label", "multi-output regression"])
+def test_lbfgs_is_scikit_learns(iris, multilabel, regression, problem):
     if problem == "classification":
         (X, y), cls, ours_cls = iris, neural_network.MLPClassifier, MLPClassifier
+    elif problem == "multi-label":
+        (X, y), cls, ours_cls = multilabel, neural_network.MLPClassifier, MLPClassifier
     else:
         (X, y), cls, ours_cls = regression, neural_network.MLPRegressor, MLPRegressor
     params = {"hidden_layer_sizes": (8,), "solver": "lbfgs", "random_state": 0, "max_iter": 40}

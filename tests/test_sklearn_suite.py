@@ -26,8 +26,6 @@ SUITE = Path(sklearn.__file__).parent / "neural_network" / "tests" / "test_mlp.p
 THEIRS = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 OURS = "from fmlp.sklearn import MLPClassifier, MLPRegressor"
 
-MULTI_LABEL = "multi-label: needs the sigmoid head (issue 14)"
-
 EXPECTED_FAILURES: dict[str, str] = {
     "test_fit": (
         "writes scikit-learn's private training state by hand before partial_fit (coefs_ and "
@@ -41,8 +39,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "preallocated buffers); fmlp's gradients come from its engine and are checked against "
         "jax.grad and finite differences by test_gates, test_engine and test_sklearn"
     ),
-    "test_multilabel_classification": MULTI_LABEL,
-    "test_predict_proba_multilabel": MULTI_LABEL,
 }
 """Test name -> why it cannot pass against fmlp's estimators."""
 
@@ -90,4 +86,4 @@ def test_scikit_learn_mlp_suite_passes(tmp_path):
     assert not unexpected, f"{summary}; unexpected failures {unexpected}:\n{proc.stdout[-20000:]}"
     fixed = sorted(set(EXPECTED_FAILURES) - failed)
     assert not fixed, f"{summary}; listed as expected failures but passed: {fixed}"
-    assert len(outcomes) - len(failed) >= 55, summary
+    assert len(outcomes) - len(failed) >= 57, summary
