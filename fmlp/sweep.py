@@ -235,6 +235,7 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     epoch = train.make_epoch(
         first.net.loss, first.optimizer.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
         gradients=tc.gradients, unroll=tc.unroll, donate=False, permute=False,
+        keyed=first.net.stochastic,
     )  # fmt: skip
 
     def member_epoch(state: train.TrainState, active: Any, x: Any, y: Any) -> tuple:

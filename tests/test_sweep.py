@@ -40,14 +40,13 @@ def swept(tmp_path_factory) -> dict:
     return sweep.sweep(BASE, GRID, seeds=2, out=out)
 
 
-def test_members_equal_separate_train_runs(swept, tmp_path):
-    rows = swept["members"]
-    assert len(rows) == 4 and swept["summary"]["groups"] == 1  # one vectorized program
-    for row in rows:
-        overrides = [f"optimizer.learning_rate={row['optimizer.learning_rate']}",
-                     f"train.seed={row['train.seed']}"]  # fmt: skip
+def assert_members_are_their_train_runs(result, base, keys, tmp_path) -> None:
+    """Each member's params, validation curve and test accuracy are those of ``fmlp train``
+    with the member's values of ``keys``."""
+    for row in result["members"]:
+        overrides = [f"{key}={row[key]}" for key in keys]
         out = tmp_path / f"m{row['member']}"
-        _, history = fmlp.fit(BASE, overrides=overrides, out=out)
+        _, history = fmlp.fit(base, overrides=overrides, out=out)
         for ours, theirs in zip(params_of(row["run_dir"]), params_of(out)):
             np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
         lines = (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()
@@ -56,6 +55,19 @@ def test_members_equal_separate_train_runs(swept, tmp_path):
         np.testing.assert_allclose([e["val_accuracy"] for e in logged], want, atol=1e-6)
         summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
         assert summary["test_accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+def test_members_equal_separate_train_runs(swept, tmp_path):
+    assert len(swept["members"]) == 4 and swept["summary"]["groups"] == 1  # one program
+    keys = ["optimizer.learning_rate", "train.seed"]
+    assert_members_are_their_train_runs(swept, BASE, keys, tmp_path)
+
+
+def test_members_with_dropout_train_with_it_as_their_train_runs(tmp_path):
+    base = BASE | {"model": {"hidden": [8], "dropout": 0.3}}
+    result = sweep.sweep(base, GRID, out=tmp_path / "s")
+    assert result["summary"]["groups"] == 1
+    assert_members_are_their_train_runs(result, base, ["optimizer.learning_rate"], tmp_path)
 
 
 def test_the_table_is_ranked_and_the_directory_complete(swept):
