@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="train every member of a grid (x seeds) together; rank them, keep each as a run",
         description="Each key=v1,v2,... gives a key's values; the members are their product "
-        "(x --seeds). Members that differ only in optimizer hyper-parameters or the seed train "
-        "in one vectorized program.",
+        "(x --seeds). Members that differ only in optimizer hyper-parameters, dropout rates, "
+        "label smoothing or the seed train in one vectorized program.",
     )
     p.add_argument("config", nargs="?", help="base YAML config (not with --resume)")
     p.add_argument(

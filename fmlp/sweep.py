@@ -3,14 +3,15 @@
 A sweep expands ``key=v1,v2,...`` assignments (and ``seeds`` seeds) into members, each a
 config of its own with a run directory of its own (``DIR/members/<i>/``, which ``fmlp
 eval``, ``predict`` and ``export`` take like any run). Members whose configs differ only in
-values that leave every shape and program unchanged (:data:`VECTORIZED`: the optimizer's
-numeric hyper-parameters, which live in the optimizer state through
-``optax.inject_hyperparams``, and the seed) form a group: their train states are stacked
-on a leading member axis and one compiled epoch, ``jax.vmap`` of :func:`fmlp.train.make_epoch`,
-trains them all. Groups run one after another. After each epoch every member goes through
-the same per-epoch hooks as ``fmlp train`` (:mod:`fmlp.run`), so its run directory is what
-``fmlp train`` with its overrides writes; a member that diverges or stops early is frozen
-(its state no longer changes) and reported, the others train on.
+values that leave every shape unchanged (:data:`VECTORIZED`: the optimizer's numeric
+hyper-parameters, which live in the optimizer state through ``optax.inject_hyperparams``,
+the dropout rates and label smoothing, which the group's loss takes as per-member arrays, and
+the seed) form a group: their train states are stacked on a leading member axis and one
+compiled epoch, ``jax.vmap`` of :func:`fmlp.train.make_epoch`, trains them all. Groups run
+one after another. After each epoch every member goes through the same per-epoch hooks as
+``fmlp train`` (:mod:`fmlp.run`), so its run directory is what ``fmlp train`` with its
+overrides writes; a member that diverges or stops early is frozen (its state no longer
+changes) and reported, the others train on.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ from fmlp.errors import ConfigError, RunDirectoryError, TrainingDiverged
 
 PathLike = run.PathLike
 
-VECTORIZED: tuple[str, ...] = (*(f"optimizer.{k}" for k in train.HYPERPARAMETERS), "train.seed")
-"""Keys whose values leave shapes and programs unchanged: members differing only in these
-train together in one vectorized program."""
+VECTORIZED: tuple[str, ...] = (
+    *(f"optimizer.{k}" for k in train.HYPERPARAMETERS), "model.dropout", "model.label_smoothing",
+    "train.seed",
+)  # fmt: skip
+"""Keys whose values leave shapes unchanged: members differing only in these train together
+in one vectorized program, unless a value switches a part of the program on or off (a
+``clip_norm`` of null against a number, a layer's dropout or the label smoothing at 0
+against above): those train in a group of their own (:func:`group_key`)."""
 
 VECTORIZE = ("auto", "never")
 """``--vectorize``: ``auto`` trains each group in one program; ``never`` one member at a time
@@ -107,17 +113,41 @@ def members_of(
     return [p | {"train.seed": str(base_seed + s)} for p in points for s in range(seeds)]
 
 
-def group_key(cfg: config.Config) -> str:
-    """What must be equal for members to train in one program: the config without the
-    :data:`VECTORIZED` keys (a ``clip_norm`` of ``null`` against a number still differs)."""
-    d = config.to_dict(cfg)
+def group_key(member: run.Run) -> str:
+    """What must be equal for runs to train in one program: the config without the
+    :data:`VECTORIZED` keys, and which parts of the program their values switch on (clipping,
+    each hidden layer's dropout, label smoothing)."""
+    d = config.to_dict(member.cfg)
     for key in VECTORIZED:
         section, name = key.split(".")
-        value = d[section].pop(name)
-        if name == "clip_norm":
-            d[section]["clipped"] = value is not None
+        d[section].pop(name)
     d["run"].pop("name", None)
+    d["on"] = {
+        "clip_norm": member.cfg.optimizer.clip_norm is not None,
+        "dropout": [rate > 0 for rate in member.net.dropout_rates],
+        "label_smoothing": member.net.label_smoothing > 0,
+    }
     return json.dumps(d, sort_keys=True, default=str)
+
+
+def net_values(net: nn.MLP) -> dict[str, jax.Array]:
+    """What the nets of a group's members differ in, as arrays the group's loss takes
+    (:func:`with_values`): each hidden layer's dropout rate ``(L,)`` and the label smoothing
+    ``()``."""
+    return {
+        "dropout": jnp.asarray(net.dropout_rates),
+        "label_smoothing": jnp.asarray(net.label_smoothing),
+    }
+
+
+def with_values(net: nn.MLP, values: dict[str, jax.Array]) -> nn.MLP:
+    """``net`` (a group's) with a member's :func:`net_values` (traced) where ``net`` has
+    them on; what is off stays a plain 0, so the program is the one ``fmlp train`` compiles."""
+    rates = tuple(
+        values["dropout"][i] if rate > 0 else 0.0 for i, rate in enumerate(net.dropout_rates)
+    )
+    eps = values["label_smoothing"] if net.label_smoothing > 0 else 0.0
+    return net._replace(dropout=rates, label_smoothing=eps)
 
 
 # ----------------------------------------------------------------------------- training
@@ -182,11 +212,12 @@ def check_fits(runs: Sequence[run.Run], grid: Grid) -> None:
 class Program(NamedTuple):
     """A group's compiled programs, its data and its members' stacked initial states."""
 
-    epoch: Callable  # (states, active, x, y) -> (states, losses (D, M))
+    epoch: Callable  # (states, active, values, x, y) -> (states, losses (D, M))
     evaluate: Callable  # (params, x_val, y_val) -> validation metrics, each (D, M)
     plateau: Callable | None  # (states, validation losses (D, M)) -> states (schedule: plateau)
     arrays: tuple  # (x, y, x_val, y_val), each stacked over the D training sets
     states: train.TrainState  # leaves (D, M, ...)
+    values: dict[str, jax.Array]  # the members' net_values, leaves (D, M, ...)
     place: Callable  # a (D, M) array -> on the devices as the states are
     compile_seconds: float
 
@@ -227,20 +258,25 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         jnp.stack(column) for column in zip(*(runs[row[0]].arrays for row in grid.order))
     )
     states = grid.stack([r.state for r in runs])
+    values = grid.stack([net_values(r.net) for r in runs])
     shardings = member_sharding(grid)
     if shardings is not None:
-        states = jax.device_put(states, shardings[0])
+        states, values = jax.device_put((states, values), shardings[0])
         arrays = jax.device_put(arrays, shardings[1])
     start = time.perf_counter()
+
+    def loss(params: nn.Params, xb: Any, yb: Any, wb: Any, values: Any, **keyword: Any) -> Any:
+        return with_values(first.net, values).loss(params, xb, yb, wb, **keyword)
+
     epoch = train.make_epoch(
-        first.net.loss, first.optimizer.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
+        loss, first.optimizer.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
         gradients=tc.gradients, unroll=tc.unroll, donate=False, permute=False,
         keyed=first.net.stochastic,
     )  # fmt: skip
 
-    def member_epoch(state: train.TrainState, active: Any, x: Any, y: Any) -> tuple:
+    def member_epoch(state: train.TrainState, active: Any, values: Any, x: Any, y: Any) -> tuple:
         """One member's epoch; a member that is not ``active`` keeps its state."""
-        new, loss = epoch(state, x, y)
+        new, loss = epoch(state, x, y, None, values)
         return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), loss
 
     def on_grid(f: Callable, state_args: int) -> Callable:
@@ -255,7 +291,9 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     active = place(np.ones(np.shape(grid.order), bool))
     x, y, xv, yv = arrays
     vectorized_epoch = (
-        jax.jit(on_grid(member_epoch, 2), donate_argnums=0).lower(states, active, x, y).compile()
+        jax.jit(on_grid(member_epoch, 3), donate_argnums=0)
+        .lower(states, active, values, x, y)
+        .compile()
     )
     evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
     vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
@@ -264,7 +302,7 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         loss = place(np.zeros(np.shape(grid.order), np.float32))
         plateau = jax.jit(jax.vmap(jax.vmap(first.optimizer.plateau))).lower(states, loss).compile()
     return Program(
-        vectorized_epoch, vectorized_evaluate, plateau, arrays, states, place,
+        vectorized_epoch, vectorized_evaluate, plateau, arrays, states, values, place,
         time.perf_counter() - start,
     )  # fmt: skip
 
@@ -286,7 +324,8 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
         if not any(active):
             break
         start = time.perf_counter()
-        states, losses = program.epoch(states, program.place(grid.stack(active)), x, y)
+        active_grid = program.place(grid.stack(active))
+        states, losses = program.epoch(states, active_grid, program.values, x, y)
         metrics = program.evaluate(states.params, xv, yv)
         if program.plateau is not None:
             states = program.plateau(states, metrics["loss"])
@@ -515,7 +554,7 @@ def _train_points(
                 members[-1].status = "stopped"
         groups: dict[str, list[Member]] = {}
         for m in members:
-            key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
+            key = group_key(m.run) if vectorize == "auto" else str(m.index)
             groups.setdefault(key, []).append(m)
         for group in groups.values():
             runs = [m.run for m in group]

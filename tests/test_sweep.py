@@ -70,6 +70,22 @@ def test_members_with_dropout_train_with_it_as_their_train_runs(tmp_path):
     assert_members_are_their_train_runs(result, base, ["optimizer.learning_rate"], tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("hidden", "grid", "programs"),
+    [
+        ([8], "model.dropout=0.1,0.3", 1),
+        ([8, 8], "model.dropout=[0.1,0.0],[0.3,0.0]", 1),
+        ([8], "model.dropout=0.0,0.2", 2),  # without dropout: the program without
+        ([8], "model.label_smoothing=0.05,0.2", 1),
+    ],
+)
+def test_dropout_and_label_smoothing_train_in_one_program(tmp_path, hidden, grid, programs):
+    base = BASE | {"model": {"hidden": hidden}}
+    result = sweep.sweep(base, [grid], out=tmp_path / "s")
+    assert result["summary"]["groups"] == programs
+    assert_members_are_their_train_runs(result, base, [grid.partition("=")[0]], tmp_path)
+
+
 def test_the_table_is_ranked_and_the_directory_complete(swept):
     rows = swept["members"]
     scores = [r["best_val_accuracy"] for r in rows]
