@@ -269,7 +269,7 @@ class MLP(NamedTuple):
     layer_norm: bool = False
     residual: bool = False
     label_smoothing: float | Array = 0.0  # classification heads: targets mixed with uniform
-    class_weight: tuple[float, ...] | None = None  # cross_entropy: each class's loss weight
+    class_weight: tuple[float, ...] | Array | None = None  # cross_entropy: per-class weights
 
     @property
     def head(self) -> Head:

@@ -132,12 +132,15 @@ def group_key(member: run.Run) -> str:
 
 def net_values(net: nn.MLP) -> dict[str, jax.Array]:
     """What the nets of a group's members differ in, as arrays the group's loss takes
-    (:func:`with_values`): each hidden layer's dropout rate ``(L,)`` and the label smoothing
-    ``()``."""
-    return {
+    (:func:`with_values`): each hidden layer's dropout rate ``(L,)``, the label smoothing
+    ``()`` and any class weights ``(K,)`` (``balanced`` ones follow each seed's split)."""
+    values = {
         "dropout": jnp.asarray(net.dropout_rates),
         "label_smoothing": jnp.asarray(net.label_smoothing),
     }
+    if net.class_weight is not None:
+        values["class_weight"] = jnp.asarray(net.class_weight)
+    return values
 
 
 def with_values(net: nn.MLP, values: dict[str, jax.Array]) -> nn.MLP:
@@ -147,7 +150,7 @@ def with_values(net: nn.MLP, values: dict[str, jax.Array]) -> nn.MLP:
         values["dropout"][i] if rate > 0 else 0.0 for i, rate in enumerate(net.dropout_rates)
     )
     eps = values["label_smoothing"] if net.label_smoothing > 0 else 0.0
-    return net._replace(dropout=rates, label_smoothing=eps)
+    return net._replace(dropout=rates, label_smoothing=eps, class_weight=values.get("class_weight"))
 
 
 # ----------------------------------------------------------------------------- training

@@ -86,6 +86,14 @@ def test_dropout_and_label_smoothing_train_in_one_program(tmp_path, hidden, grid
     assert_members_are_their_train_runs(result, base, [grid.partition("=")[0]], tmp_path)
 
 
+def test_seeds_train_with_the_class_weights_of_their_own_split(tmp_path):
+    # Each seed splits off its own validation set, so balanced weights differ per member.
+    base = BASE | {"data": {**BASE["data"], "class_weight": "balanced"}}
+    result = sweep.sweep(base, [], seeds=2, out=tmp_path / "s")
+    assert result["summary"]["groups"] == 1
+    assert_members_are_their_train_runs(result, base, ["train.seed"], tmp_path)
+
+
 def test_the_table_is_ranked_and_the_directory_complete(swept):
     rows = swept["members"]
     scores = [r["best_val_accuracy"] for r in rows]
