@@ -25,7 +25,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +50,16 @@ against above): those train in a group of their own (:func:`group_key`)."""
 
 VECTORIZE = ("auto", "never")
 """``--vectorize``: ``auto`` trains each group in one program; ``never`` one member at a time
-through the same program (a group of one), for comparison and as the fallback."""
+through the same program (a group of one), for comparison and as the fallback. Or a list of
+swept keys, ``KEY,KEY,...``, that must be vectorized (:func:`required_keys`): as ``auto``,
+and an error for a key whose values cannot train in one program."""
+
+SWITCHED_OFF = {
+    "optimizer.clip_norm": "null (no clipping)",
+    "model.dropout": "a rate of 0 (no dropout in that layer)",
+    "model.label_smoothing": "0 (no smoothing)",
+}
+"""The :data:`VECTORIZED` keys with a value that switches a part of the program off."""
 
 
 @dataclasses.dataclass
@@ -113,21 +122,75 @@ def members_of(
     return [p | {"train.seed": str(base_seed + s)} for p in points for s in range(seeds)]
 
 
+def switches(member: run.Run) -> dict[str, Any]:
+    """For each key of :data:`SWITCHED_OFF`, what a run's value switches on in its program:
+    clipping, each hidden layer's dropout, label smoothing."""
+    return {
+        "optimizer.clip_norm": member.cfg.optimizer.clip_norm is not None,
+        "model.dropout": [rate > 0 for rate in member.net.dropout_rates],
+        "model.label_smoothing": member.net.label_smoothing > 0,
+    }
+
+
 def group_key(member: run.Run) -> str:
     """What must be equal for runs to train in one program: the config without the
-    :data:`VECTORIZED` keys, and which parts of the program their values switch on (clipping,
-    each hidden layer's dropout, label smoothing)."""
+    :data:`VECTORIZED` keys, and what their values switch on (:func:`switches`)."""
     d = config.to_dict(member.cfg)
     for key in VECTORIZED:
         section, name = key.split(".")
         d[section].pop(name)
     d["run"].pop("name", None)
-    d["on"] = {
-        "clip_norm": member.cfg.optimizer.clip_norm is not None,
-        "dropout": [rate > 0 for rate in member.net.dropout_rates],
-        "label_smoothing": member.net.label_smoothing > 0,
-    }
+    d["on"] = switches(member)
     return json.dumps(d, sort_keys=True, default=str)
+
+
+def required_keys(vectorize: str, swept: Collection[str] | None = None) -> tuple[str, ...]:
+    """The keys a ``--vectorize KEY,KEY,...`` list requires to be vectorized; none for
+    ``auto`` and ``never``. With the ``swept`` keys, each is checked to be one of them.
+
+    Raises:
+      ConfigError: an empty list or key, a key that is not swept, or one that changes shapes
+        or programs (not :data:`VECTORIZED`), naming it.
+    """
+    if vectorize in VECTORIZE:
+        return ()
+    keys = tuple(key.strip() for key in vectorize.split(","))
+    if not all(keys):
+        raise ConfigError(
+            f"sweep: --vectorize must be {', '.join(VECTORIZE)} or swept keys KEY,KEY,... "
+            f"(e.g. optimizer.learning_rate,train.seed), got {vectorize!r}."
+        )
+    for key in keys if swept is not None else ():
+        if key not in swept:
+            shown = ", ".join(sorted(swept)) or "none"
+            raise ConfigError(
+                f"sweep: --vectorize {key}: {key} is not swept (swept keys: {shown}); list keys "
+                "given two or more values, or train.seed with --seeds."
+            )
+        if key not in VECTORIZED:
+            raise ConfigError(
+                f"sweep: --vectorize {key}: {key} changes shapes or programs, so its values "
+                f"train in separate groups, one program each; the keys that can be vectorized "
+                f"are {', '.join(VECTORIZED)}."
+            )
+    return keys
+
+
+def check_vectorized(key: str, members: Sequence[Member]) -> None:
+    """Raise :class:`ConfigError` if the members' values of ``key`` (a :func:`required_keys`
+    one) switch parts of the program on and off (:func:`switches`): they cannot train in one
+    program."""
+    sides: dict[str, dict[str, None]] = {}
+    for m in members:
+        side = json.dumps(switches(m.run).get(key))
+        sides.setdefault(side, {})[m.overrides[key]] = None
+    if len(sides) > 1:
+        shown = " against ".join(", ".join(values) for values in sides.values())
+        raise ConfigError(
+            f"sweep: --vectorize {key}: its values {shown} cannot train in one program: "
+            f"{SWITCHED_OFF[key]} compiles a program without that part; list only such values "
+            f"or none, or leave {key} out of --vectorize."
+        )
 
 
 def net_values(net: nn.MLP) -> dict[str, jax.Array]:
@@ -432,7 +495,7 @@ def sweep(
     seeds: int = 1,
     overrides: Sequence[str] = (),
     out: PathLike | None = None,
-    vectorize: str = "auto",
+    vectorize: str | Sequence[str] = "auto",
     top: int = 3,
     resume: PathLike | None = None,
     search: str = "grid",
@@ -447,7 +510,9 @@ def sweep(
         search a value may also be a range ``low..high`` (``low..high:log`` log-uniform).
       seeds: each point is trained with this many seeds (``train.seed`` and up).
       out: the sweep directory (default ``run.out_dir/sweep-<timestamp>``).
-      vectorize: ``auto`` (one program per group) or ``never`` (one member at a time).
+      vectorize: ``auto`` (one program per group), ``never`` (one member at a time), or the
+        swept keys that must be vectorized (``"KEY,KEY"`` or a list): as ``auto``, and an
+        error naming a key whose values cannot train in one program.
       top: the ensemble of this many best members is evaluated on the test split.
       resume: an interrupted grid sweep's directory to continue; the base config and the
         members are read from its ``sweep.yaml``.
@@ -461,13 +526,13 @@ def sweep(
       metric, and ``sweep.json``'s content (the ``top`` ensemble's test metrics).
 
     Raises:
-      fmlp.errors.InputError: a bad key or value (naming the member's override), or a bad
-        sweep directory; a new sweep that cannot start leaves no directory behind.
+      fmlp.errors.InputError: a bad key or value (naming the member's override), a
+        ``vectorize`` key that cannot be vectorized, or a bad sweep directory; a new sweep
+        that cannot start leaves no directory behind.
     """
-    if vectorize not in VECTORIZE:
-        raise ConfigError(
-            f"sweep: --vectorize must be one of {', '.join(VECTORIZE)}, got {vectorize!r}."
-        )
+    if not isinstance(vectorize, str):
+        vectorize = ",".join(vectorize)
+    required_keys(vectorize)
     if search not in SEARCHES:
         raise ConfigError(f"sweep: --search must be one of {', '.join(SEARCHES)}, got {search!r}.")
     if resume is not None:
@@ -494,6 +559,7 @@ def sweep(
             batches = iter([(points, None)])
         else:
             batches = _asked(base, grid, ranges, search, trials, batch, seeds)
+        required_keys(vectorize, {*grid, *(["train.seed"] if seeds > 1 else [])})
         stamp = time.strftime("%Y%m%d-%H%M%S")
         directory = SweepDir(out if out is not None else Path(base.run.out_dir) / f"sweep-{stamp}")
         if directory.path.exists() and any(directory.path.iterdir()):
@@ -557,8 +623,10 @@ def _train_points(
                 members[-1].status = "stopped"
         groups: dict[str, list[Member]] = {}
         for m in members:
-            key = group_key(m.run) if vectorize == "auto" else str(m.index)
+            key = group_key(m.run) if vectorize != "never" else str(m.index)
             groups.setdefault(key, []).append(m)
+        for key in required_keys(vectorize):
+            check_vectorized(key, members)
         for group in groups.values():
             runs = [m.run for m in group]
             check_fits(runs, Grid.of(runs))
