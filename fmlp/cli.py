@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="train every member of a grid (x seeds) together; rank them, keep each as a run",
         description="Each key=v1,v2,... gives a key's values; the members are their product "
-        "(x --seeds). Members that differ only in optimizer hyper-parameters or the seed train "
-        "in one vectorized program.",
+        "(x --seeds). Members that differ only in optimizer hyper-parameters, dropout rates, "
+        "label smoothing or the seed train in one vectorized program.",
     )
     p.add_argument("config", nargs="?", help="base YAML config (not with --resume)")
     p.add_argument(
@@ -54,9 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory to create (default: run.out_dir/sweep-<time>)")
     p.add_argument(
         "--vectorize",
-        choices=sweep.VECTORIZE,
         default="auto",
-        help="auto: one program per group of members; never: one member at a time",
+        metavar="auto|never|KEY,...",
+        help="auto: one program per group of members; never: one member at a time; swept "
+        "keys, e.g. optimizer.learning_rate,train.seed: as auto, and an error (exit 2) for a "
+        "key whose values cannot train in one program",
     )
     p.add_argument("--top", type=_positive, default=3, help="members in the ensemble (default 3)")
     p.add_argument(

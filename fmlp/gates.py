@@ -266,6 +266,7 @@ def _dropout_samples(key: Array, dtype: Any) -> list[Sample]:
         Sample((_normal(rng, (128, 3), dtype), keys[1]), {"rate": 0.1}),
         Sample((_normal(rng, (3,), dtype), keys[2]), {"rate": 0.0}),
         Sample((_normal(rng, (1, 3), dtype), typed), {"rate": 0.3}),
+        Sample((_normal(rng, (4, 3), dtype), keys[0]), {"rate": jnp.asarray(0.2)}),  # an array
     ]
 
 
@@ -489,22 +490,25 @@ def _concatenate_vjp(g: Array, out: Array, *xs: Array, axis: int = 0) -> tuple[A
     return tuple(jnp.split(g, ends, axis=axis))
 
 
-def _keep(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
-    """The dropout mask: True for each kept entry, with probability ``1 - rate``."""
-    if not 0.0 <= rate < 1.0:
+def _keep(key: Array, rate: float | Array, shape: tuple[int, ...]) -> Array:
+    """The dropout mask: True for each kept entry, with probability ``1 - rate``.
+
+    ``rate`` may be traced (a sweep's per-member rate); it is checked when it is concrete.
+    """
+    if not isinstance(rate, jax.core.Tracer) and not 0.0 <= float(rate) < 1.0:
         raise ValueError(f"dropout: rate must be in [0, 1), got {rate!r}.")
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
-def _dropout(x: Array, key: Array, *, rate: float) -> Array:
+def _dropout(x: Array, key: Array, *, rate: float | Array) -> Array:
     keep = _keep(key, rate, jnp.shape(x))
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
-def _dropout_vjp(g: Array, out: Array, x: Array, key: Array, *, rate: float) -> tuple:
+def _dropout_vjp(g: Array, out: Array, x: Array, key: Array, *, rate: float | Array) -> tuple:
     # d dropout = mask / (1 - rate), the same mask: drawn again from the same key
     keep = _keep(key, rate, jnp.shape(x))
-    return jnp.where(keep, g / (1.0 - rate), jnp.zeros_like(g)), None
+    return jnp.where(keep, g / jnp.asarray(1.0 - rate, g.dtype), jnp.zeros_like(g)), None
 
 
 def _normalized(x: Array, eps: float) -> tuple[Array, Array]:

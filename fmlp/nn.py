@@ -264,11 +264,12 @@ class MLP(NamedTuple):
     loss_name: str = "cross_entropy"  # the head: a key of HEADS
     scheme: str = "glorot_uniform"
     compute_dtype: str | None = None  # e.g. "bfloat16": mixed precision, as in apply
-    dropout: float | tuple[float, ...] = 0.0  # rate for every hidden layer, or one each
+    # rate for every hidden layer, or one each; a traced one (a sweep member's) is on (_on)
+    dropout: float | Array | tuple[float | Array, ...] = 0.0
     layer_norm: bool = False
     residual: bool = False
-    label_smoothing: float = 0.0  # classification heads: targets mixed with uniform ones
-    class_weight: tuple[float, ...] | None = None  # cross_entropy: each class's loss weight
+    label_smoothing: float | Array = 0.0  # classification heads: targets mixed with uniform
+    class_weight: tuple[float, ...] | Array | None = None  # cross_entropy: per-class weights
 
     @property
     def head(self) -> Head:
@@ -297,8 +298,8 @@ class MLP(NamedTuple):
 
     @property
     def stochastic(self) -> bool:
-        """Whether training needs a key (some dropout rate is above 0)."""
-        return any(rate > 0 for rate in self.dropout_rates)
+        """Whether training needs a key (some dropout rate is on)."""
+        return any(_on(rate) for rate in self.dropout_rates)
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
         """Fresh parameters for this architecture."""
@@ -327,7 +328,7 @@ class MLP(NamedTuple):
             if self.layer_norm:
                 s = gates.layer_norm(s, layer["scale"], layer["offset"])
             a = ACTIVATIONS[phi](s)
-            if key is not None and rate > 0:
+            if key is not None and _on(rate):
                 a = gates.dropout(a, jax.random.fold_in(key, i), rate=rate)
             skip = self.residual and i > 0 and self.sizes[i] == self.sizes[i + 1]
             h = gates.add(h, a) if skip else a
@@ -358,14 +359,16 @@ class MLP(NamedTuple):
 
     def _smoothed(self, y: Array, classes: int, dtype: Any) -> Array:
         """Targets mixed with the uniform ones: ``(1 - ε) t + ε / K`` (``ε / 2`` per
-        sigmoid output); ``y`` itself when ``label_smoothing`` is 0."""
+        sigmoid output); ``y`` itself when ``label_smoothing`` is off (:func:`_on`)."""
         eps = self.label_smoothing
-        if eps == 0:
+        if not _on(eps):
             return y
         if self.head.task == "multilabel":
-            return y.astype(dtype) * (1.0 - eps) + 0.5 * eps
-        t = jax.nn.one_hot(y, classes, dtype=dtype) if jnp.issubdtype(y.dtype, jnp.integer) else y
-        return t * (1.0 - eps) + eps / classes
+            t, mix = y.astype(dtype), 0.5 * eps
+        else:
+            integer = jnp.issubdtype(y.dtype, jnp.integer)
+            t, mix = (jax.nn.one_hot(y, classes, dtype=dtype) if integer else y), eps / classes
+        return t * jnp.asarray(1.0 - eps, dtype) + jnp.asarray(mix, dtype)
 
     def loss(
         self,
@@ -379,6 +382,15 @@ class MLP(NamedTuple):
         """Scalar mean loss over the batch (weighted by ``mask`` ``(B,)`` when given);
         ``key`` turns dropout on (training)."""
         return _masked_mean(self.per_example_loss(params, x, y, key=key), mask)
+
+
+def _on(value: float | Array) -> bool:
+    """Whether a dropout rate or label smoothing is on: anything but a concrete 0.
+
+    A traced value (a sweep's per-member rate, :mod:`fmlp.sweep`) is on whatever it holds, so
+    the program depends only on which values are traced, never on a traced value.
+    """
+    return isinstance(value, jax.core.Tracer) or float(value) != 0
 
 
 def _per_layer(value: Any, layers: int) -> tuple[Any, ...]:

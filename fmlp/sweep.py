@@ -3,14 +3,15 @@
 A sweep expands ``key=v1,v2,...`` assignments (and ``seeds`` seeds) into members, each a
 config of its own with a run directory of its own (``DIR/members/<i>/``, which ``fmlp
 eval``, ``predict`` and ``export`` take like any run). Members whose configs differ only in
-values that leave every shape and program unchanged (:data:`VECTORIZED`: the optimizer's
-numeric hyper-parameters, which live in the optimizer state through
-``optax.inject_hyperparams``, and the seed) form a group: their train states are stacked
-on a leading member axis and one compiled epoch, ``jax.vmap`` of :func:`fmlp.train.make_epoch`,
-trains them all. Groups run one after another. After each epoch every member goes through
-the same per-epoch hooks as ``fmlp train`` (:mod:`fmlp.run`), so its run directory is what
-``fmlp train`` with its overrides writes; a member that diverges or stops early is frozen
-(its state no longer changes) and reported, the others train on.
+values that leave every shape unchanged (:data:`VECTORIZED`: the optimizer's numeric
+hyper-parameters, which live in the optimizer state through ``optax.inject_hyperparams``,
+the dropout rates and label smoothing, which the group's loss takes as per-member arrays, and
+the seed) form a group: their train states are stacked on a leading member axis and one
+compiled epoch, ``jax.vmap`` of :func:`fmlp.train.make_epoch`, trains them all. Groups run
+one after another. After each epoch every member goes through the same per-epoch hooks as
+``fmlp train`` (:mod:`fmlp.run`), so its run directory is what ``fmlp train`` with its
+overrides writes; a member that diverges or stops early is frozen (its state no longer
+changes) and reported, the others train on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,13 +39,27 @@ from fmlp.errors import ConfigError, RunDirectoryError, TrainingDiverged
 
 PathLike = run.PathLike
 
-VECTORIZED: tuple[str, ...] = (*(f"optimizer.{k}" for k in train.HYPERPARAMETERS), "train.seed")
-"""Keys whose values leave shapes and programs unchanged: members differing only in these
-train together in one vectorized program."""
+VECTORIZED: tuple[str, ...] = (
+    *(f"optimizer.{k}" for k in train.HYPERPARAMETERS), "model.dropout", "model.label_smoothing",
+    "train.seed",
+)  # fmt: skip
+"""Keys whose values leave shapes unchanged: members differing only in these train together
+in one vectorized program, unless a value switches a part of the program on or off (a
+``clip_norm`` of null against a number, a layer's dropout or the label smoothing at 0
+against above): those train in a group of their own (:func:`group_key`)."""
 
 VECTORIZE = ("auto", "never")
 """``--vectorize``: ``auto`` trains each group in one program; ``never`` one member at a time
-through the same program (a group of one), for comparison and as the fallback."""
+through the same program (a group of one), for comparison and as the fallback. Or a list of
+swept keys, ``KEY,KEY,...``, that must be vectorized (:func:`required_keys`): as ``auto``,
+and an error for a key whose values cannot train in one program."""
+
+SWITCHED_OFF = {
+    "optimizer.clip_norm": "null (no clipping)",
+    "model.dropout": "a rate of 0 (no dropout in that layer)",
+    "model.label_smoothing": "0 (no smoothing)",
+}
+"""The :data:`VECTORIZED` keys with a value that switches a part of the program off."""
 
 
 @dataclasses.dataclass
@@ -107,17 +122,98 @@ def members_of(
     return [p | {"train.seed": str(base_seed + s)} for p in points for s in range(seeds)]
 
 
-def group_key(cfg: config.Config) -> str:
-    """What must be equal for members to train in one program: the config without the
-    :data:`VECTORIZED` keys (a ``clip_norm`` of ``null`` against a number still differs)."""
-    d = config.to_dict(cfg)
+def switches(member: run.Run) -> dict[str, Any]:
+    """For each key of :data:`SWITCHED_OFF`, what a run's value switches on in its program:
+    clipping, each hidden layer's dropout, label smoothing."""
+    return {
+        "optimizer.clip_norm": member.cfg.optimizer.clip_norm is not None,
+        "model.dropout": [rate > 0 for rate in member.net.dropout_rates],
+        "model.label_smoothing": member.net.label_smoothing > 0,
+    }
+
+
+def group_key(member: run.Run) -> str:
+    """What must be equal for runs to train in one program: the config without the
+    :data:`VECTORIZED` keys, and what their values switch on (:func:`switches`)."""
+    d = config.to_dict(member.cfg)
     for key in VECTORIZED:
         section, name = key.split(".")
-        value = d[section].pop(name)
-        if name == "clip_norm":
-            d[section]["clipped"] = value is not None
+        d[section].pop(name)
     d["run"].pop("name", None)
+    d["on"] = switches(member)
     return json.dumps(d, sort_keys=True, default=str)
+
+
+def required_keys(vectorize: str, swept: Collection[str] | None = None) -> tuple[str, ...]:
+    """The keys a ``--vectorize KEY,KEY,...`` list requires to be vectorized; none for
+    ``auto`` and ``never``. With the ``swept`` keys, each is checked to be one of them.
+
+    Raises:
+      ConfigError: an empty list or key, a key that is not swept, or one that changes shapes
+        or programs (not :data:`VECTORIZED`), naming it.
+    """
+    if vectorize in VECTORIZE:
+        return ()
+    keys = tuple(key.strip() for key in vectorize.split(","))
+    if not all(keys):
+        raise ConfigError(
+            f"sweep: --vectorize must be {', '.join(VECTORIZE)} or swept keys KEY,KEY,... "
+            f"(e.g. optimizer.learning_rate,train.seed), got {vectorize!r}."
+        )
+    for key in keys if swept is not None else ():
+        if key not in swept:
+            shown = ", ".join(sorted(swept)) or "none"
+            raise ConfigError(
+                f"sweep: --vectorize {key}: {key} is not swept (swept keys: {shown}); list keys "
+                "given two or more values, or train.seed with --seeds."
+            )
+        if key not in VECTORIZED:
+            raise ConfigError(
+                f"sweep: --vectorize {key}: {key} changes shapes or programs, so its values "
+                f"train in separate groups, one program each; the keys that can be vectorized "
+                f"are {', '.join(VECTORIZED)}."
+            )
+    return keys
+
+
+def check_vectorized(key: str, members: Sequence[Member]) -> None:
+    """Raise :class:`ConfigError` if the members' values of ``key`` (a :func:`required_keys`
+    one) switch parts of the program on and off (:func:`switches`): they cannot train in one
+    program."""
+    sides: dict[str, dict[str, None]] = {}
+    for m in members:
+        side = json.dumps(switches(m.run).get(key))
+        sides.setdefault(side, {})[m.overrides[key]] = None
+    if len(sides) > 1:
+        shown = " against ".join(", ".join(values) for values in sides.values())
+        raise ConfigError(
+            f"sweep: --vectorize {key}: its values {shown} cannot train in one program: "
+            f"{SWITCHED_OFF[key]} compiles a program without that part; list only such values "
+            f"or none, or leave {key} out of --vectorize."
+        )
+
+
+def net_values(net: nn.MLP) -> dict[str, jax.Array]:
+    """What the nets of a group's members differ in, as arrays the group's loss takes
+    (:func:`with_values`): each hidden layer's dropout rate ``(L,)``, the label smoothing
+    ``()`` and any class weights ``(K,)`` (``balanced`` ones follow each seed's split)."""
+    values = {
+        "dropout": jnp.asarray(net.dropout_rates),
+        "label_smoothing": jnp.asarray(net.label_smoothing),
+    }
+    if net.class_weight is not None:
+        values["class_weight"] = jnp.asarray(net.class_weight)
+    return values
+
+
+def with_values(net: nn.MLP, values: dict[str, jax.Array]) -> nn.MLP:
+    """``net`` (a group's) with a member's :func:`net_values` (traced) where ``net`` has
+    them on; what is off stays a plain 0, so the program is the one ``fmlp train`` compiles."""
+    rates = tuple(
+        values["dropout"][i] if rate > 0 else 0.0 for i, rate in enumerate(net.dropout_rates)
+    )
+    eps = values["label_smoothing"] if net.label_smoothing > 0 else 0.0
+    return net._replace(dropout=rates, label_smoothing=eps, class_weight=values.get("class_weight"))
 
 
 # ----------------------------------------------------------------------------- training
@@ -182,11 +278,12 @@ def check_fits(runs: Sequence[run.Run], grid: Grid) -> None:
 class Program(NamedTuple):
     """A group's compiled programs, its data and its members' stacked initial states."""
 
-    epoch: Callable  # (states, active, x, y) -> (states, losses (D, M))
+    epoch: Callable  # (states, active, values, x, y) -> (states, losses (D, M))
     evaluate: Callable  # (params, x_val, y_val) -> validation metrics, each (D, M)
     plateau: Callable | None  # (states, validation losses (D, M)) -> states (schedule: plateau)
     arrays: tuple  # (x, y, x_val, y_val), each stacked over the D training sets
     states: train.TrainState  # leaves (D, M, ...)
+    values: dict[str, jax.Array]  # the members' net_values, leaves (D, M, ...)
     place: Callable  # a (D, M) array -> on the devices as the states are
     compile_seconds: float
 
@@ -227,19 +324,25 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         jnp.stack(column) for column in zip(*(runs[row[0]].arrays for row in grid.order))
     )
     states = grid.stack([r.state for r in runs])
+    values = grid.stack([net_values(r.net) for r in runs])
     shardings = member_sharding(grid)
     if shardings is not None:
-        states = jax.device_put(states, shardings[0])
+        states, values = jax.device_put((states, values), shardings[0])
         arrays = jax.device_put(arrays, shardings[1])
     start = time.perf_counter()
+
+    def loss(params: nn.Params, xb: Any, yb: Any, wb: Any, values: Any, **keyword: Any) -> Any:
+        return with_values(first.net, values).loss(params, xb, yb, wb, **keyword)
+
     epoch = train.make_epoch(
-        first.net.loss, first.optimizer.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
+        loss, first.optimizer.tx, n=len(first.arrays[0]), batch_size=tc.batch_size,
         gradients=tc.gradients, unroll=tc.unroll, donate=False, permute=False,
+        keyed=first.net.stochastic,
     )  # fmt: skip
 
-    def member_epoch(state: train.TrainState, active: Any, x: Any, y: Any) -> tuple:
+    def member_epoch(state: train.TrainState, active: Any, values: Any, x: Any, y: Any) -> tuple:
         """One member's epoch; a member that is not ``active`` keeps its state."""
-        new, loss = epoch(state, x, y)
+        new, loss = epoch(state, x, y, None, values)
         return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), loss
 
     def on_grid(f: Callable, state_args: int) -> Callable:
@@ -254,7 +357,9 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     active = place(np.ones(np.shape(grid.order), bool))
     x, y, xv, yv = arrays
     vectorized_epoch = (
-        jax.jit(on_grid(member_epoch, 2), donate_argnums=0).lower(states, active, x, y).compile()
+        jax.jit(on_grid(member_epoch, 3), donate_argnums=0)
+        .lower(states, active, values, x, y)
+        .compile()
     )
     evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
     vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
@@ -263,7 +368,7 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         loss = place(np.zeros(np.shape(grid.order), np.float32))
         plateau = jax.jit(jax.vmap(jax.vmap(first.optimizer.plateau))).lower(states, loss).compile()
     return Program(
-        vectorized_epoch, vectorized_evaluate, plateau, arrays, states, place,
+        vectorized_epoch, vectorized_evaluate, plateau, arrays, states, values, place,
         time.perf_counter() - start,
     )  # fmt: skip
 
@@ -285,7 +390,8 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
         if not any(active):
             break
         start = time.perf_counter()
-        states, losses = program.epoch(states, program.place(grid.stack(active)), x, y)
+        active_grid = program.place(grid.stack(active))
+        states, losses = program.epoch(states, active_grid, program.values, x, y)
         metrics = program.evaluate(states.params, xv, yv)
         if program.plateau is not None:
             states = program.plateau(states, metrics["loss"])
@@ -389,7 +495,7 @@ def sweep(
     seeds: int = 1,
     overrides: Sequence[str] = (),
     out: PathLike | None = None,
-    vectorize: str = "auto",
+    vectorize: str | Sequence[str] = "auto",
     top: int = 3,
     resume: PathLike | None = None,
     search: str = "grid",
@@ -404,7 +510,9 @@ def sweep(
         search a value may also be a range ``low..high`` (``low..high:log`` log-uniform).
       seeds: each point is trained with this many seeds (``train.seed`` and up).
       out: the sweep directory (default ``run.out_dir/sweep-<timestamp>``).
-      vectorize: ``auto`` (one program per group) or ``never`` (one member at a time).
+      vectorize: ``auto`` (one program per group), ``never`` (one member at a time), or the
+        swept keys that must be vectorized (``"KEY,KEY"`` or a list): as ``auto``, and an
+        error naming a key whose values cannot train in one program.
       top: the ensemble of this many best members is evaluated on the test split.
       resume: an interrupted grid sweep's directory to continue; the base config and the
         members are read from its ``sweep.yaml``.
@@ -418,13 +526,13 @@ def sweep(
       metric, and ``sweep.json``'s content (the ``top`` ensemble's test metrics).
 
     Raises:
-      fmlp.errors.InputError: a bad key or value (naming the member's override), or a bad
-        sweep directory; a new sweep that cannot start leaves no directory behind.
+      fmlp.errors.InputError: a bad key or value (naming the member's override), a
+        ``vectorize`` key that cannot be vectorized, or a bad sweep directory; a new sweep
+        that cannot start leaves no directory behind.
     """
-    if vectorize not in VECTORIZE:
-        raise ConfigError(
-            f"sweep: --vectorize must be one of {', '.join(VECTORIZE)}, got {vectorize!r}."
-        )
+    if not isinstance(vectorize, str):
+        vectorize = ",".join(vectorize)
+    required_keys(vectorize)
     if search not in SEARCHES:
         raise ConfigError(f"sweep: --search must be one of {', '.join(SEARCHES)}, got {search!r}.")
     if resume is not None:
@@ -451,6 +559,7 @@ def sweep(
             batches = iter([(points, None)])
         else:
             batches = _asked(base, grid, ranges, search, trials, batch, seeds)
+        required_keys(vectorize, {*grid, *(["train.seed"] if seeds > 1 else [])})
         stamp = time.strftime("%Y%m%d-%H%M%S")
         directory = SweepDir(out if out is not None else Path(base.run.out_dir) / f"sweep-{stamp}")
         if directory.path.exists() and any(directory.path.iterdir()):
@@ -514,8 +623,10 @@ def _train_points(
                 members[-1].status = "stopped"
         groups: dict[str, list[Member]] = {}
         for m in members:
-            key = group_key(m.run.cfg) if vectorize == "auto" else str(m.index)
+            key = group_key(m.run) if vectorize != "never" else str(m.index)
             groups.setdefault(key, []).append(m)
+        for key in required_keys(vectorize):
+            check_vectorized(key, members)
         for group in groups.values():
             runs = [m.run for m in group]
             check_fits(runs, Grid.of(runs))

@@ -695,6 +695,19 @@ def test_dropout_backward_goes_through_the_forward_mask(key):
     np.testing.assert_array_equal(gates.dropout(x, raw, rate=0.0), x)
 
 
+def test_dropout_takes_a_traced_rate_as_it_takes_the_number(key):
+    # A sweep's members each have their rate, traced: the same masks and cotangents.
+    x = jnp.linspace(1.0, 2.0, 1000, dtype=jnp.float64)
+    raw = jax.random.key_data(key)
+    summed = lambda x, rate: gates.sum(gates.dropout(x, raw, rate=rate))
+    rates = [0.25, 0.5]
+    out = jax.jit(jax.vmap(lambda r: gates.dropout(x, raw, rate=r)))(jnp.array(rates))
+    grads = jax.jit(jax.vmap(lambda r: fmlp.grad(summed)(x, r)))(jnp.array(rates))
+    for rate, traced_out, traced_grad in zip(rates, out, grads):
+        np.testing.assert_array_equal(traced_out, gates.dropout(x, raw, rate=rate))
+        np.testing.assert_array_equal(traced_grad, fmlp.grad(summed)(x, rate))
+
+
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
 def test_dropout_rejects_a_rate_outside_0_1(rate):
     with pytest.raises(ValueError, match=r"dropout: rate must be in \[0, 1\)"):

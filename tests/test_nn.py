@@ -404,6 +404,24 @@ def test_dropout_is_on_only_with_a_key(key):
     np.testing.assert_array_equal(plain.logits(params, x, key=k), plain.logits(params, x))
 
 
+def test_traced_dropout_and_label_smoothing_are_on_whatever_their_value(key):
+    # A sweep traces each member's rate and ε: a traced value trains as the number does, and
+    # a traced 0 still runs dropout and smoothing, which then change nothing.
+    net = nn.mlp([4, 8, 8, 3], dropout=(0.3, 0.0), label_smoothing=0.1)
+    params = net.init(key, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (16, 4), jnp.float64)
+    y, k = jnp.arange(16) % 3, jax.random.key_data(jax.random.key(7))
+
+    def loss(rate, eps):
+        return net._replace(dropout=(rate, 0.0), label_smoothing=eps).loss(params, x, y, key=k)
+
+    traced = jax.jit(loss)
+    np.testing.assert_allclose(traced(0.3, 0.1), loss(0.3, 0.1), rtol=1e-12)
+    np.testing.assert_allclose(traced(0.0, 0.0), loss(0.0, 0.0), rtol=1e-12)
+    assert net._replace(dropout=0.0).stochastic is False
+    assert jax.jit(lambda r: jnp.asarray(net._replace(dropout=r).stochastic))(0.0)
+
+
 def test_layer_norm_adds_a_scale_and_offset_per_hidden_layer(key):
     net = nn.mlp([4, 8, 6, 3], layer_norm=True)
     params = net.init(key)

@@ -37,17 +37,19 @@ def params_of(run_dir) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("sweep") / "grid"
-    return sweep.sweep(BASE, GRID, seeds=2, out=out)
+    # Requiring the swept keys to be vectorized changes nothing: one program, as with auto.
+    return sweep.sweep(
+        BASE, GRID, seeds=2, out=out, vectorize=["optimizer.learning_rate", "train.seed"]
+    )
 
 
-def test_members_equal_separate_train_runs(swept, tmp_path):
-    rows = swept["members"]
-    assert len(rows) == 4 and swept["summary"]["groups"] == 1  # one vectorized program
-    for row in rows:
-        overrides = [f"optimizer.learning_rate={row['optimizer.learning_rate']}",
-                     f"train.seed={row['train.seed']}"]  # fmt: skip
+def assert_members_are_their_train_runs(result, base, keys, tmp_path) -> None:
+    """Each member's params, validation curve and test accuracy are those of ``fmlp train``
+    with the member's values of ``keys``."""
+    for row in result["members"]:
+        overrides = [f"{key}={row[key]}" for key in keys]
         out = tmp_path / f"m{row['member']}"
-        _, history = fmlp.fit(BASE, overrides=overrides, out=out)
+        _, history = fmlp.fit(base, overrides=overrides, out=out)
         for ours, theirs in zip(params_of(row["run_dir"]), params_of(out)):
             np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
         lines = (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()
@@ -56,6 +58,43 @@ def test_members_equal_separate_train_runs(swept, tmp_path):
         np.testing.assert_allclose([e["val_accuracy"] for e in logged], want, atol=1e-6)
         summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
         assert summary["test_accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+def test_members_equal_separate_train_runs(swept, tmp_path):
+    assert len(swept["members"]) == 4 and swept["summary"]["groups"] == 1  # one program
+    keys = ["optimizer.learning_rate", "train.seed"]
+    assert_members_are_their_train_runs(swept, BASE, keys, tmp_path)
+
+
+def test_members_with_dropout_train_with_it_as_their_train_runs(tmp_path):
+    base = BASE | {"model": {"hidden": [8], "dropout": 0.3}}
+    result = sweep.sweep(base, GRID, out=tmp_path / "s")
+    assert result["summary"]["groups"] == 1
+    assert_members_are_their_train_runs(result, base, ["optimizer.learning_rate"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "grid", "programs"),
+    [
+        ([8], "model.dropout=0.1,0.3", 1),
+        ([8, 8], "model.dropout=[0.1,0.0],[0.3,0.0]", 1),
+        ([8], "model.dropout=0.0,0.2", 2),  # without dropout: the program without
+        ([8], "model.label_smoothing=0.05,0.2", 1),
+    ],
+)
+def test_dropout_and_label_smoothing_train_in_one_program(tmp_path, hidden, grid, programs):
+    base = BASE | {"model": {"hidden": hidden}}
+    result = sweep.sweep(base, [grid], out=tmp_path / "s")
+    assert result["summary"]["groups"] == programs
+    assert_members_are_their_train_runs(result, base, [grid.partition("=")[0]], tmp_path)
+
+
+def test_seeds_train_with_the_class_weights_of_their_own_split(tmp_path):
+    # Each seed splits off its own validation set, so balanced weights differ per member.
+    base = BASE | {"data": {**BASE["data"], "class_weight": "balanced"}}
+    result = sweep.sweep(base, [], seeds=2, out=tmp_path / "s")
+    assert result["summary"]["groups"] == 1
+    assert_members_are_their_train_runs(result, base, ["train.seed"], tmp_path)
 
 
 def test_the_table_is_ranked_and_the_directory_complete(swept):
@@ -128,7 +167,7 @@ def test_cli_prints_the_ranked_table(tmp_path):
     result = subprocess.run(
         [str(FMLP), "sweep", "configs/lecture_classification.yaml",
          "optimizer.learning_rate=0.3,0.05", "train.epochs=2", "run.progress=never",
-         "--out", str(tmp_path / "s")],
+         "--vectorize", "optimizer.learning_rate", "--out", str(tmp_path / "s")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -136,30 +175,64 @@ def test_cli_prints_the_ranked_table(tmp_path):
     assert header.split()[:2] == ["optimizer.learning_rate", "status"]
     assert "train.epochs" not in header  # a single value is a plain override
     assert "ensemble_test_accuracy (top 2)" in result.stdout
+    assert "(2 members, 1 programs)" in result.stdout
+
+
+SHAPES = r"changes shapes or programs, so its values train in separate groups.* are optimizer\."
 
 
 @pytest.mark.parametrize(
-    ("args", "match"),
+    ("args", "vectorize", "match"),
     [
         (
             ["optimizer.learnin_rate=0.1,0.2"],
+            "auto",
             r"sweep member optimizer\.learnin_rate=0\.1: .*learnin_rate",
         ),
-        (["optimizer.learning_rate=0.1,,0.2"], r"optimizer\.learning_rate has an empty value"),
-        (["optimizer.learning_rate"], r"'optimizer\.learning_rate' is not key=v1,v2"),
-        (["optimizer.learning_rate=-1,0.1"], r"sweep member optimizer\.learning_rate=-1: "),
+        (["optimizer.learning_rate=0.1,,0.2"], "auto", r"learning_rate has an empty value"),
+        (["optimizer.learning_rate"], "auto", r"'optimizer\.learning_rate' is not key=v1,v2"),
+        (["optimizer.learning_rate=-1,0.1"], "auto", r"sweep member optimizer\.learning_rate=-1: "),
+        (
+            ["model.hidden=[8],[16]"],
+            "model.hidden",
+            rf"--vectorize model\.hidden: model\.hidden {SHAPES}",
+        ),
+        (
+            ["optimizer.learning_rate=0.1,0.2", "train.batch_size=16,32"],
+            "optimizer.learning_rate,train.batch_size",
+            rf"--vectorize train\.batch_size: train\.batch_size {SHAPES}",
+        ),
+        (
+            ["model.activation=tanh,relu"],
+            "model.activation",
+            rf"--vectorize model\.activation: model\.activation {SHAPES}",
+        ),
+        (
+            GRID,
+            "optimizer.learning_rate,train.seed",
+            r"--vectorize train\.seed: train\.seed is not swept \(swept keys: optimizer\.",
+        ),
+        (
+            ["model.dropout=0.0,0.2,0.3"],
+            "model.dropout",
+            r"--vectorize model\.dropout: its values 0\.0 against 0\.2, 0\.3 cannot train in one "
+            r"program: a rate of 0",
+        ),
+        (GRID, "optimizer.learning_rate,", r"--vectorize must be auto, never or swept keys"),
     ],
 )
-def test_bad_grids_exit_2_naming_the_key(tmp_path, args, match):
+def test_bad_grids_exit_2_naming_the_key(tmp_path, args, vectorize, match):
     with pytest.raises(ConfigError, match=match):
-        sweep.sweep(BASE, args, out=tmp_path / "s")
+        sweep.sweep(BASE, args, out=tmp_path / "s", vectorize=vectorize)
     assert not (tmp_path / "s").exists()
     result = subprocess.run(
-        [str(FMLP), "sweep", "configs/lecture_classification.yaml", *args, "--out",
-         str(tmp_path / "s")],
+        [str(FMLP), "sweep", "configs/lecture_classification.yaml", *args, "--vectorize",
+         vectorize, "--out", str(tmp_path / "s")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(match, result.stderr), result.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_full_directory_and_a_non_sweep_are_refused(swept, tmp_path):
