@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--cases", default="tiny,small")
-    parser.add_argument("--rates", type=int, default=len(RATES), help="learning rates (<= 16)")
+    parser.add_argument("--rates", type=int, default=4, help=f"learning rates (<= {len(RATES)})")
     parser.add_argument(
         "--versus", choices=("sequential", "one"), default="sequential",
         help="sequential: every member by fmlp.fit in turn; one: only the first member",
