@@ -367,6 +367,20 @@ def test_standardize_fits_on_training_split_only():
     np.testing.assert_array_equal(ds.y_train, raw.y_train)
 
 
+def test_the_standardizer_sums_in_chunks_as_in_one_pass():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3000, 5)) * [1e-3, 1, 10, 1e3, 0] + [0, 5, -7, 1e4, 2]).astype(
+        np.float32
+    )
+    mean, std = data._standardizer(x, rows=1000, chunk=64)
+    one_pass = data._standardizer(x, rows=1000, chunk=1000)  # the same sums, in the same order
+    np.testing.assert_array_equal(mean, one_pass[0])
+    np.testing.assert_array_equal(std, one_pass[1])
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(std[:4], x[:, :4].astype(np.float64).std(axis=0), rtol=1e-6)
+    assert std[4] == 1.0  # a constant feature is only centred
+
+
 def test_standardize_leaves_constant_features_unscaled():
     pytest.importorskip("sklearn")
     ds = data.load("digits")
