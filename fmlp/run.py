@@ -707,7 +707,7 @@ def fit(
             if run.stopped is not None and (summary := run.dir.read_summary()) is not None:
                 # resumed after early stopping ended it (and finished): nothing to train
                 history = {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
-                return _tested_state(run), history
+                return tested_state(run), history
             bar, board = _ProgressBar(run), _TensorBoard(run)
             try:
                 programs = compile_programs(run, progress=bar.steps_done if bar.in_epoch else None)
@@ -1073,15 +1073,21 @@ def train_loop(run: Run, programs: Programs, hooks: Sequence[Hook]) -> list[floa
 
 
 def finish(
-    run: Run, compile_seconds: float, seconds: Sequence[float]
+    run: Run,
+    compile_seconds: float,
+    seconds: Sequence[float],
+    test: dict[str, Any] | None = None,
 ) -> tuple[train.TrainState, dict[str, Any]]:
     """Evaluate the test split (on the best epoch's params with ``train.restore_best``), write
     ``summary.json`` and the plots; fit's return value.
 
-    ``seconds``: the wall time of each epoch this call trained.
+    ``seconds``: the wall time of each epoch this call trained. ``test``: the test split's
+    metrics of :func:`tested_state`'s params, as :func:`evaluate_split` gives them, when the
+    caller has them (a sweep evaluates its members together).
     """
-    state = _tested_state(run)
-    test = evaluate_split(run.cfg, run.dataset, state.params, "test", layout=run.layout)
+    state = tested_state(run)
+    if test is None:
+        test = evaluate_split(run.cfg, run.dataset, state.params, "test", layout=run.layout)
     total = sum(seconds)
     metrics = {  # the head's metrics, the validation metric first; lists for per-label ones
         f"test_{k}": v.tolist() if isinstance(v, np.ndarray) else v
@@ -1116,7 +1122,7 @@ def finish(
     return state, {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
 
 
-def _tested_state(run: Run) -> train.TrainState:
+def tested_state(run: Run) -> train.TrainState:
     """The state whose params the test split is evaluated on: the best epoch's (restored
     from ``checkpoints/best``) with ``train.restore_best``, else the last one's."""
     if run.cfg.train.restore_best and run.best.epoch not in (None, int(run.state.epoch)):

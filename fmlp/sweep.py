@@ -373,6 +373,28 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     )  # fmt: skip
 
 
+def test_group(members: Sequence[Member]) -> list[dict[str, Any]]:
+    """Each member's test metrics (:func:`fmlp.run.evaluate_split`'s) on the params
+    :func:`fmlp.run.tested_state` picks, all members in one vectorized pass."""
+    runs = [m.run for m in members]
+    grid, first = Grid.of(runs), runs[0]
+    params = grid.stack([run.tested_state(r).params for r in runs])
+    sets = [runs[row[0]].dataset for row in grid.order]
+    x, y = jnp.stack([ds.x_test for ds in sets]), jnp.stack([ds.y_test for ds in sets])
+    shardings = member_sharding(grid)
+    if shardings is not None:
+        params, (x, y) = jax.device_put(params, shardings[0]), jax.device_put((x, y), shardings[1])
+    evaluate = train.make_evaluate(
+        first.net, n=len(sets[0].x_test), batch_size=first.cfg.train.eval_batch_size
+    )
+    inner = jax.vmap(evaluate, in_axes=(0, None, None))
+    host = jax.device_get(jax.jit(jax.vmap(inner))(params, x, y))
+    return [
+        {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in grid.member(host, i).items()}
+        for i in range(len(runs))
+    ]
+
+
 def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: Any) -> float:
     """Train a group's members together for their ``train.epochs``; returns compile seconds.
 
@@ -637,9 +659,9 @@ def _train_points(
         ]  # fmt: skip
         for group in groups.values():
             compile_seconds = train_group(group, hooks, signals)
-            for m in group:
-                if m.status != "diverged":
-                    m.summary = run.finish(m.run, compile_seconds, m.seconds)[1]["summary"]
+            tested = [m for m in group if m.status != "diverged"]
+            for m, test in zip(tested, test_group(tested) if tested else []):
+                m.summary = run.finish(m.run, compile_seconds, m.seconds, test)[1]["summary"]
     finally:
         for m in members:
             m.run.ckpt.close()
