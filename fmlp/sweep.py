@@ -340,10 +340,22 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         keyed=first.net.stochastic,
     )  # fmt: skip
 
-    def member_epoch(state: train.TrainState, active: Any, values: Any, x: Any, y: Any) -> tuple:
-        """One member's epoch; a member that is not ``active`` keeps its state."""
-        new, loss = epoch(state, x, y, None, values)
+    def member_epoch(state: train.TrainState, active: Any, values: Any, key: Any, x: Any, y: Any):
+        """One member's epoch from its set's ``key``; one that is not ``active`` keeps its state.
+
+        The members of a set share their seed, so the active ones hold the same key (it
+        advances by the epoch alone): taking it unbatched draws their order and dropout masks,
+        and gathers their batches, once for the set, and their first layer is one matmul.
+        """
+        new, loss = epoch(state._replace(key=key), x, y, None, values)
         return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), loss
+
+    def grid_epoch(states: train.TrainState, active: Any, values: Any, x: Any, y: Any) -> tuple:
+        keys = jax.vmap(lambda k, j: k[j])(
+            states.key, jnp.argmax(active, axis=1)
+        )  # an active one's
+        row = jax.vmap(member_epoch, in_axes=(0, 0, 0, None, None, None))
+        return jax.vmap(row)(states, active, values, keys, x, y)
 
     def on_grid(f: Callable, state_args: int) -> Callable:
         """``f`` over ``(D, M)``: members share their set's data (the trailing arguments)."""
@@ -357,9 +369,7 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     active = place(np.ones(np.shape(grid.order), bool))
     x, y, xv, yv = arrays
     vectorized_epoch = (
-        jax.jit(on_grid(member_epoch, 3), donate_argnums=0)
-        .lower(states, active, values, x, y)
-        .compile()
+        jax.jit(grid_epoch, donate_argnums=0).lower(states, active, values, x, y).compile()
     )
     evaluate = train.make_evaluate(first.net, n=len(first.arrays[2]), batch_size=tc.eval_batch_size)
     vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
