@@ -59,8 +59,8 @@ skipped. As scikit-learn does, the squared error is reported (``loss_curve_``, `
 stopping rule, lbfgs's objective value) averaged over the outputs instead of summed, while its
 gradient stays that of the sum. An epoch's loss is the weight-averaged batch loss, so rows of
 weight 0 change neither the gradients nor the curve, and the stopping rule is scikit-learn's
-(``tol``, ``n_iter_no_change``, ``early_stopping`` on a ``validation_fraction`` stratified by
-class, but not for multi-label targets). A
+(``tol``, ``n_iter_no_change``, ``early_stopping`` on a ``validation_fraction``, stratified
+by class for two classes only, as scikit-learn 1.9 does). A
 diverging fit goes on as scikit-learn's does (a non-finite loss or validation score is
 recorded) and raises a ``ValueError`` at the end if the parameters it keeps are not finite.
 
@@ -1154,11 +1154,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.searchsorted(self.classes_, y).astype(np.int32)
 
     def _stratify(self, targets: np.ndarray) -> np.ndarray | None:
-        if self._multilabel:
-            return None  # as scikit-learn, a multi-label split is not stratified
-        # scikit-learn's binarised labels: one boolean column for two classes, else one-hot.
-        one_hot = np.eye(len(self.classes_), dtype=bool)[targets]
-        return one_hot[:, 1:] if len(self.classes_) == 2 else one_hot
+        # scikit-learn stratifies on its binarised labels only when they are one column: two
+        # classes (not multi-label, and, as its code stands in 1.9, not more than two classes).
+        if self._multilabel or len(self.classes_) != 2:
+            return None
+        return targets[:, None] == 1
 
     def _validation_score(self, net, params, X, y, sample_weight) -> float:
         if self._multilabel:

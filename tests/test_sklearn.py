@@ -303,6 +303,35 @@ def test_multilabel_partial_fit_and_warm_start(multilabel):
     assert clf.out_activation_ == "logistic"
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_early_stopping_stratifies_as_scikit_learn_does(monkeypatch, classes):
+    import sklearn.neural_network._multilayer_perceptron as theirs_module
+    from sklearn.neural_network import MLPClassifier as Theirs
+
+    X, y = load_iris(return_X_y=True)
+    X, y = X[y < classes], y[y < classes]
+    calls = {}
+
+    def recording(name: str, split):
+        def wrapped(*arrays, **kwargs):
+            calls[name] = kwargs["stratify"]
+            return split(*arrays, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(fmlp.sklearn, "train_test_split", recording("ours", train_test_split))
+    monkeypatch.setattr(theirs_module, "train_test_split", recording("theirs", train_test_split))
+    options = {"hidden_layer_sizes": (4,), "max_iter": 3, "early_stopping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(**options).fit(X, y)
+        Theirs(**options).fit(X, y)
+    if classes == 2:  # one binarised column: stratified on it
+        np.testing.assert_array_equal(np.asarray(calls["ours"], int), calls["theirs"])
+    else:  # scikit-learn 1.9 stratifies only a one-column target
+        assert calls["ours"] is None and calls["theirs"] is None
+
+
 def test_multilabel_early_stopping_scores_subset_accuracy(monkeypatch, multilabel):
     X, _, Y, _ = multilabel
     splits = []
