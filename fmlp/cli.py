@@ -266,7 +266,8 @@ def _sweep(args: argparse.Namespace) -> None:
     ensemble = {k: v for k, v in summary.items() if k.startswith("ensemble_")}
     for k, v in ensemble.items():
         print(f"{k} (top {summary['top']}): {v:.4f}")
-    counts = f"{summary['members']} members, {summary['groups']} programs"
+    members, groups = summary["members"], summary["groups"]
+    counts = f"{members} member{'s' * (members != 1)}, {groups} program{'s' * (groups != 1)}"
     print(f"sweep directory: {result['dir']} ({counts})")
 
 

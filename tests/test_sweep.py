@@ -175,7 +175,7 @@ def test_cli_prints_the_ranked_table(tmp_path):
     assert header.split()[:2] == ["optimizer.learning_rate", "status"]
     assert "train.epochs" not in header  # a single value is a plain override
     assert "ensemble_test_accuracy (top 2)" in result.stdout
-    assert "(2 members, 1 programs)" in result.stdout
+    assert "(2 members, 1 program)" in result.stdout
 
 
 SHAPES = r"changes shapes or programs, so its values train in separate groups.* are optimizer\."
