@@ -708,7 +708,7 @@ def fit(
                 # resumed after early stopping ended it (and finished): nothing to train
                 history = {"epochs": run.history, "summary": summary, "run_dir": str(run.dir)}
                 return tested_state(run), history
-            bar, board = _ProgressBar(run), _TensorBoard(run)
+            bar, board = _ProgressBar(run), TensorBoard(run)
             try:
                 programs = compile_programs(run, progress=bar.steps_done if bar.in_epoch else None)
                 signals.check(run)
@@ -1276,7 +1276,7 @@ class _ProgressBar:
         self.bar.close()
 
 
-class _TensorBoard:
+class TensorBoard:
     """With ``run.tensorboard`` (process 0 only): TensorBoard events under ``tensorboard/``,
     written by tensorboardX: each epoch's metrics as scalars, every ``run.histogram_every``
     epochs a histogram of each layer's weights and gradients, and at the end the config as

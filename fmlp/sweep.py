@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -281,6 +282,8 @@ class Program(NamedTuple):
     epoch: Callable  # (states, active, values, x, y) -> (states, losses (D, M))
     evaluate: Callable  # (params, x_val, y_val) -> validation metrics, each (D, M)
     plateau: Callable | None  # (states, validation losses (D, M)) -> states (schedule: plateau)
+    check: Callable | None  # (params, values, keys, x, y) -> engine vs jax.grad errors, (D, M)
+    gradients: Callable | None  # (params, values, keys, x, y) -> first-batch grads (histograms)
     arrays: tuple  # (x, y, x_val, y_val), each stacked over the D training sets
     states: train.TrainState  # leaves (D, M, ...)
     values: dict[str, jax.Array]  # the members' net_values, leaves (D, M, ...)
@@ -375,11 +378,35 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     vectorized_evaluate = jax.jit(on_grid(evaluate, 1)).lower(states.params, xv, yv).compile()
     plateau = None
     if first.optimizer.plateau is not None:  # each member's scale fed its own validation loss
-        loss = place(np.zeros(np.shape(grid.order), np.float32))
-        plateau = jax.jit(jax.vmap(jax.vmap(first.optimizer.plateau))).lower(states, loss).compile()
+        losses = place(np.zeros(np.shape(grid.order), np.float32))
+        plateau = (
+            jax.jit(jax.vmap(jax.vmap(first.optimizer.plateau))).lower(states, losses).compile()
+        )
+
+    def on_first_batch(make: Callable) -> Callable:
+        """``make``'s program (:func:`fmlp.train.make_gradient_check` or ``make_gradients``)
+        for every member, on the first batch of its next epoch, compiled."""
+        batch = {
+            "n": len(first.arrays[0]),
+            "batch_size": tc.batch_size,
+            "keyed": first.net.stochastic,
+        }
+
+        def member(params: Any, values: Any, key: Any, x: Any, y: Any) -> Any:
+            bound = functools.partial(loss, values=values)  # the member's own values
+            return make(bound, **batch)(params, x, y, key)
+
+        row = jax.vmap(member, in_axes=(0, 0, 0, None, None))
+        return jax.jit(jax.vmap(row)).lower(states.params, values, states.key, x, y).compile()
+
+    check = gradients = None
+    if tc.check_gradients_every is not None:
+        check = on_first_batch(train.make_gradient_check)
+    if first.cfg.run.tensorboard and first.cfg.run.histogram_every is not None:
+        gradients = on_first_batch(train.make_gradients)
     return Program(
-        vectorized_epoch, vectorized_evaluate, plateau, arrays, states, values, place,
-        time.perf_counter() - start,
+        vectorized_epoch, vectorized_evaluate, plateau, check, gradients, arrays, states, values,
+        place, time.perf_counter() - start,
     )  # fmt: skip
 
 
@@ -424,10 +451,16 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
         start = time.perf_counter()
         active_grid = program.place(grid.stack(active))
         states, losses = program.epoch(states, active_grid, program.values, x, y)
-        metrics = program.evaluate(states.params, xv, yv)
+        device = {"train_loss": losses, **program.evaluate(states.params, xv, yv)}
+        on_batch = (states.params, program.values, states.key, x, y)
+        tc, rc = runs[0].cfg.train, runs[0].cfg.run
+        if program.check is not None and number % tc.check_gradients_every == 0:
+            device["gradient_check"] = program.check(*on_batch)
+        if program.gradients is not None and number % rc.histogram_every == 0:
+            device["weights"], device["gradients"] = states.params, program.gradients(*on_batch)
         if program.plateau is not None:
-            states = program.plateau(states, metrics["loss"])
-        host = jax.device_get({"train_loss": losses, **metrics})
+            states = program.plateau(states, device["loss"])
+        host = jax.device_get(device)
         elapsed = time.perf_counter() - start
         for i, m in enumerate(members):
             if not active[i]:
@@ -640,6 +673,7 @@ def _train_points(
     """Set up, check and train the members ``first, first + 1, ...`` of ``points``; returns
     them and the number of programs (groups) they trained in."""
     members: list[Member] = []
+    boards: dict[int, run.TensorBoard] = {}
     started = False
     try:
         for i, point in enumerate(points, start=first):
@@ -663,17 +697,25 @@ def _train_points(
             runs = [m.run for m in group]
             check_fits(runs, Grid.of(runs))
         started = True
+        boards = {id(m.run): run.TensorBoard(m.run) for m in members}  # run.tensorboard
+
+        def board(member_run: run.Run, result: run.EpochResult) -> None:
+            boards[id(member_run)].hook(member_run, result)
+
         hooks = [
             run.stop_if_diverged, run.log_metrics, run.check_parity, run.stop_early,
-            run.save_checkpoint,
+            run.save_checkpoint, board,
         ]  # fmt: skip
         for group in groups.values():
             compile_seconds = train_group(group, hooks, signals)
             tested = [m for m in group if m.status != "diverged"]
             for m, test in zip(tested, test_group(tested) if tested else []):
                 m.summary = run.finish(m.run, compile_seconds, m.seconds, test)[1]["summary"]
+                boards[id(m.run)].hparams(m.run, m.summary)
     finally:
         for m in members:
+            if id(m.run) in boards:
+                boards[id(m.run)].close()
             m.run.ckpt.close()
             m.run.dir.unlock()
         if not started and resume is None and first == 0:  # a sweep that cannot start

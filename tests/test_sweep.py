@@ -73,6 +73,45 @@ def test_members_with_dropout_train_with_it_as_their_train_runs(tmp_path):
     assert_members_are_their_train_runs(result, base, ["optimizer.learning_rate"], tmp_path)
 
 
+def test_watched_members_check_gradients_and_write_tensorboard_as_their_runs(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    base = BASE | {
+        "model": {"hidden": [8], "dropout": 0.2},
+        "train": {**BASE["train"], "check_gradients_every": 2},
+        "run": {"progress": "never", "tensorboard": True, "histogram_every": 1},
+    }
+    result = sweep.sweep(base, GRID, out=tmp_path / "s")
+    assert result["summary"]["groups"] == 1
+    assert_members_are_their_train_runs(result, base, ["optimizer.learning_rate"], tmp_path)
+
+    def rows(run_dir) -> list[dict]:
+        return [
+            json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()
+        ]
+
+    for row in result["members"]:
+        ours, theirs = rows(row["run_dir"]), rows(tmp_path / f"m{row['member']}")
+        checked = [r.get("gradient_check") for r in ours]
+        assert [c is not None for c in checked] == [False, True, False]  # every 2nd epoch
+        assert [r.get("gradient_check") is not None for r in theirs] == [False, True, False]
+        assert (
+            set(checked[1])
+            == set(theirs[1]["gradient_check"])
+            == {f"[{layer}]['{name}']" for layer in (0, 1) for name in ("W", "b")}
+        )
+        assert max(checked[1].values()) < 1e-4  # the engine agrees with jax.grad
+        events = EventAccumulator(
+            str(Path(row["run_dir"], "tensorboard")), size_guidance={"histograms": 0}
+        )
+        events.Reload()
+        assert [e.step for e in events.Scalars("val_accuracy")] == [1, 2, 3]
+        np.testing.assert_allclose(
+            [e.value for e in events.Scalars("val_accuracy")], [r["val_accuracy"] for r in ours]
+        )
+        assert [h.step for h in events.Histograms("gradients/layer0/W")] == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("hidden", "grid", "programs"),
     [
