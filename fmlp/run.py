@@ -1400,8 +1400,13 @@ def evaluate_split(
         net, n=len(x), batch_size=cfg.train.eval_batch_size, layout=layout
     )
     x, y = (jnp.asarray(x), jnp.asarray(y)) if layout is None else layout.put_replicated((x, y))
-    result = parallel.fetch(evaluate(params, x, y))
-    return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v)) for k, v in result.items()}
+    return host_metrics(parallel.fetch(evaluate(params, x, y)))
+
+
+def host_metrics(fetched: dict[str, Any]) -> dict[str, Any]:
+    """Fetched metrics as :func:`evaluate_split` gives them: scalars as floats, the rest
+    (a confusion matrix, per-label figures) as numpy arrays."""
+    return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v)) for k, v in fetched.items()}
 
 
 def _restore(run_dir: RunDir, cfg: config.Config, *, best: bool) -> nn.Params:

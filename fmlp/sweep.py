@@ -314,6 +314,13 @@ def member_sharding(grid: Grid) -> tuple[Any, Any] | None:
     return None
 
 
+def on_grid(f: Callable, batched: int) -> Callable:
+    """``f`` over ``(D, M)``: its first ``batched`` arguments one per member, its last two
+    (the data) one per set, shared by the set's members."""
+    inner = jax.vmap(f, in_axes=(0,) * batched + (None, None))
+    return jax.vmap(inner, in_axes=0)
+
+
 def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
     """The group's vectorized epoch and validation pass, compiled, and what they run on.
 
@@ -354,16 +361,10 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
         return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), loss
 
     def grid_epoch(states: train.TrainState, active: Any, values: Any, x: Any, y: Any) -> tuple:
-        keys = jax.vmap(lambda k, j: k[j])(
-            states.key, jnp.argmax(active, axis=1)
-        )  # an active one's
+        first_active = jnp.argmax(active, axis=1)  # each set's key: that of an active member
+        keys = jax.vmap(lambda k, j: k[j])(states.key, first_active)
         row = jax.vmap(member_epoch, in_axes=(0, 0, 0, None, None, None))
         return jax.vmap(row)(states, active, values, keys, x, y)
-
-    def on_grid(f: Callable, state_args: int) -> Callable:
-        """``f`` over ``(D, M)``: members share their set's data (the trailing arguments)."""
-        inner = jax.vmap(f, in_axes=(0,) * state_args + (None, None))
-        return jax.vmap(inner, in_axes=0)
 
     def place(a: Any) -> Any:
         a = jnp.asarray(a)
@@ -396,8 +397,7 @@ def compile_group(runs: Sequence[run.Run], grid: Grid) -> Program:
             bound = functools.partial(loss, values=values)  # the member's own values
             return make(bound, **batch)(params, x, y, key)
 
-        row = jax.vmap(member, in_axes=(0, 0, 0, None, None))
-        return jax.jit(jax.vmap(row)).lower(states.params, values, states.key, x, y).compile()
+        return jax.jit(on_grid(member, 3)).lower(states.params, values, states.key, x, y).compile()
 
     check = gradients = None
     if tc.check_gradients_every is not None:
@@ -424,12 +424,8 @@ def test_group(members: Sequence[Member]) -> list[dict[str, Any]]:
     evaluate = train.make_evaluate(
         first.net, n=len(sets[0].x_test), batch_size=first.cfg.train.eval_batch_size
     )
-    inner = jax.vmap(evaluate, in_axes=(0, None, None))
-    host = jax.device_get(jax.jit(jax.vmap(inner))(params, x, y))
-    return [
-        {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in grid.member(host, i).items()}
-        for i in range(len(runs))
-    ]
+    host = jax.device_get(jax.jit(on_grid(evaluate, 1))(params, x, y))
+    return [run.host_metrics(grid.member(host, i)) for i in range(len(runs))]
 
 
 def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: Any) -> float:
@@ -443,8 +439,8 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
     grid = Grid.of(runs)
     program = compile_group(runs, grid)
     (x, y, xv, yv), states = program.arrays, program.states
-    first = min(int(r.state.epoch) for r in runs) + 1
-    for number in range(first, runs[0].cfg.train.epochs + 1):
+    first, tc, rc = min(int(r.state.epoch) for r in runs) + 1, runs[0].cfg.train, runs[0].cfg.run
+    for number in range(first, tc.epochs + 1):
         active = [m.status == "training" and int(m.run.state.epoch) < number for m in members]
         if not any(active):
             break
@@ -453,7 +449,6 @@ def train_group(members: Sequence[Member], hooks: Sequence[run.Hook], signals: A
         states, losses = program.epoch(states, active_grid, program.values, x, y)
         device = {"train_loss": losses, **program.evaluate(states.params, xv, yv)}
         on_batch = (states.params, program.values, states.key, x, y)
-        tc, rc = runs[0].cfg.train, runs[0].cfg.run
         if program.check is not None and number % tc.check_gradients_every == 0:
             device["gradient_check"] = program.check(*on_batch)
         if program.gradients is not None and number % rc.histogram_every == 0:
